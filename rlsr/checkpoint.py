@@ -1,0 +1,130 @@
+"""Hugging Face-layout checkpoint files: safetensors (single or sharded) + config.json, written atomically.
+
+Layout of a directory this module writes (what transformers' `from_pretrained` reads):
+    config.json
+    model.safetensors                                  when everything fits in one shard, else
+    model-00001-of-0000N.safetensors ... + model.safetensors.index.json
+A directory is written under a temporary name beside the target and renamed into place, so a killed process
+leaves either the old directory or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX = "model.safetensors.index.json"
+
+
+def _shard_files(path: Path) -> dict[str, Path]:
+    """tensor name -> file holding it."""
+    if (path / INDEX).exists():
+        index = json.loads((path / INDEX).read_text())
+        return {name: path / file for name, file in index["weight_map"].items()}
+    single = path / "model.safetensors"
+    if not single.exists():
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor {INDEX} found")
+    with safe_open(single, "pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], optional: set[str] = frozenset(),
+                         dtype: torch.dtype | None = None, device=None) -> dict[str, torch.Tensor]:
+    """Read every tensor of an HF-layout directory, checking names and shapes against `expected`.
+
+    Raises a ValueError naming the first missing tensor, unexpected tensor or shape mismatch. Names in `optional`
+    may be present or absent and are returned when present.
+    """
+    path = Path(path)
+    where = _shard_files(path)
+    missing = sorted(set(expected) - set(where))
+    if missing:
+        raise ValueError(f"{path}: checkpoint is missing tensor {missing[0]!r}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(set(where) - set(expected) - set(optional))
+    if extra:
+        raise ValueError(f"{path}: checkpoint has unexpected tensor {extra[0]!r}"
+                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    out = {}
+    for file in sorted(set(where.values())):
+        with safe_open(file, "pt", device=str(device or "cpu")) as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if name in expected and t.shape != expected[name]:
+                    raise ValueError(f"{file}: tensor {name!r} has shape {list(t.shape)}, "
+                                     f"the model expects {list(expected[name])}")
+                out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return out
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary directory; on success it replaces `path` (the old one, if any, is removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_safetensors_dir(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict,
+                         dtype: torch.dtype | None = None, max_shard_bytes: int = 5 << 30) -> Path:
+    """Write config.json and the tensors (sharded above max_shard_bytes) into directory `path`.
+
+    Not atomic by itself: wrap it in `atomic_dir` to write a whole checkpoint (weights, tokenizer, state) at once.
+    """
+    tensors = {}
+    for k, v in state_dict.items():
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.to("cpu").contiguous()
+    shards, size = [{}], 0
+    for k, v in tensors.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("model*.safetensors*"):  # an earlier save with other sharding
+        stale.unlink()
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if len(shards) == 1:
+        save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
+        return path
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, path / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in tensors.values())
+    write_json(path / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return path

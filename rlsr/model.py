@@ -1,0 +1,341 @@
+"""One decoder-only transformer for three Hugging Face checkpoint families, chosen by config.json alone.
+
+    Qwen2 / Qwen2.5  q/k/v projections carry a bias, o_proj does not; lm_head tied or not
+    Qwen3            no bias; per-head RMSNorm on q and k before RoPE; head_dim is its own field
+    Llama (SmolLM2)  no bias (or `attention_bias` on all four projections); usually a tied head
+
+All three share: pre-norm blocks, RMSNorm, rotate-half RoPE, grouped-query attention through
+F.scaled_dot_product_attention, a SwiGLU MLP. Parameter names are Hugging Face's own
+(`model.layers.0.self_attn.q_proj.weight`, ...), so checkpoints load and save without a renaming table.
+
+Conventions
+- Tensors are [B, T, ...] at the block boundary and [B, H, T, D] inside attention (SDPA's layout, and the KV
+  cache's, so a cache slice feeds SDPA without a transpose).
+- Padding is explicit: `attention_mask` [B, T_past + T] marks real tokens with 1. Positions are counted per row
+  from it, so a left-padded row gets the same positions, hence the same logits, as the row alone. We never use
+  `is_causal=True` together with a cache offset, because SDPA aligns that mask to the top-left corner.
+- `kv_cache` is any object with `update(layer_idx, k, v) -> (k_all, v_all)` (see rlsr/sampling.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}
+
+
+@dataclass
+class ModelConfig:
+    family: str                      # "qwen2" | "qwen3" | "llama"
+    vocab_size: int                  # rows of the embedding; Qwen pads it past the tokenizer's real vocabulary
+    hidden_size: int
+    intermediate_size: int           # SwiGLU inner width
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int         # < num_attention_heads means grouped-query attention
+    head_dim: int                    # explicit: Qwen3 sets it independently of hidden_size / heads
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None        # None, or Llama-3's {"rope_type": "llama3", ...}
+    max_position_embeddings: int
+    tie_word_embeddings: bool        # lm_head shares the embedding matrix
+    qkv_bias: bool                   # bias on q/k/v projections (Qwen2: yes)
+    o_bias: bool                     # bias on the output projection (Llama `attention_bias` only)
+    mlp_bias: bool
+    qk_norm: bool                    # Qwen3's per-head RMSNorm on q and k
+    hf: dict = field(default_factory=dict, repr=False)  # the config.json it came from, written back on save
+
+    @classmethod
+    def from_hf(cls, hf: dict, source: str = "config.json") -> "ModelConfig":
+        archs = hf.get("architectures") or []
+        family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+        if family is None:
+            family = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}.get(hf.get("model_type"))
+        if family is None:
+            raise ValueError(f"{source}: architecture {archs or hf.get('model_type')!r} is not supported; "
+                             f"supported: {', '.join(ARCHITECTURES)}")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+        if hf.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        # Newer transformers write RoPE settings into `rope_parameters`; older ones use rope_theta + rope_scaling.
+        rope = dict(hf.get("rope_parameters") or {})
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling is not None:
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind == "default":
+                scaling = None
+            elif kind != "llama3":
+                raise ValueError(f"{source}: rope type {kind!r} is not supported (only default and llama3)")
+        heads = hf["num_attention_heads"]
+        attention_bias = bool(hf.get("attention_bias", False))
+        return cls(
+            family=family,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            max_position_embeddings=hf.get("max_position_embeddings", 32768),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", family != "qwen2")),
+            qkv_bias=True if family == "qwen2" else attention_bias,
+            o_bias=attention_bias if family == "llama" else False,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            qk_norm=family == "qwen3",
+            hf=dict(hf),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        try:
+            hf = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        try:
+            return cls.from_hf(hf, str(path))
+        except KeyError as e:
+            raise ValueError(f"{path}: required field {e.args[0]!r} is missing") from None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and scale after casting back, the order Hugging Face uses (it matters in bf16).
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE (the Hugging Face/Qwen convention: dims [0, D/2) pair with [D/2, D)).
+
+    The frequencies are a plain fp32 attribute, not a buffer, so model.to(bfloat16) cannot round them and
+    building the model on the meta device leaves them real.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.head_dim
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device="cpu") / d)
+        s = cfg.rope_scaling
+        if s is not None:  # Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend in between
+            old_ctx = s["original_max_position_embeddings"]
+            wavelen = 2 * math.pi / inv_freq
+            smooth = (old_ctx / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+            blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
+            inv_freq = torch.where(wavelen > old_ctx / s["low_freq_factor"], inv_freq / s["factor"],
+                                   torch.where(wavelen < old_ctx / s["high_freq_factor"], inv_freq, blended))
+        self.inv_freq = inv_freq                                        # [D/2], fp32
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inv_freq.device != positions.device:
+            self.inv_freq = self.inv_freq.to(positions.device)
+        angles = positions[..., None].float() * self.inv_freq          # [B, T, D/2], fp32
+        angles = torch.cat([angles, angles], dim=-1)[:, None]           # [B, 1, T, D]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)                                         # [B, H, T, D/2] each
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if self.n_heads % self.n_kv:
+            raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv}")
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, kv_cache):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)     # [B, T, H, D]
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)        # [B, T, Hkv, D]
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if hasattr(self, "q_norm"):                                     # Qwen3: normalise each head before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H(kv), T, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)               # [B, Hkv, T_past + T, D]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv != self.n_heads)  # [B, H, T, D]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, kv_cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """The trunk; it sits at `Transformer.model` so parameter names match Hugging Face's."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] 1/0 mask -> [B, T] positions counting real tokens only (pads get 0; their outputs are unused)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Boolean SDPA mask [B, 1, q_len, T_k] from a [B, T_k] padding mask whose last q_len columns are the queries.
+
+    Query i (absolute column T_k - q_len + i) may see key j when j <= that column and key j is real. A pad query
+    would see nothing and SDPA would return NaN, so every query also sees itself; pad outputs are never used.
+    """
+    B, Tk = attention_mask.shape
+    q_abs = torch.arange(Tk - q_len, Tk, device=attention_mask.device)                # [Tq]
+    k_abs = torch.arange(Tk, device=attention_mask.device)                            # [Tk]
+    causal = k_abs[None, :] <= q_abs[:, None]                                         # [Tq, Tk]
+    mask = causal[None] & attention_mask.bool()[:, None, :]                           # [B, Tq, Tk]
+    mask |= k_abs[None, None, :] == q_abs[None, :, None]
+    return mask[:, None]                                                              # [B, 1, Tq, Tk]
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, kv_cache=None, logits_to_keep: int = 0,
+                return_hidden: bool = False) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, vocab] (or the last `logits_to_keep` positions only).
+
+        attention_mask: None (every token real, no cache: plain causal attention), a [B, T_past + T] padding
+        mask (1 = real token; T_past = tokens already in `kv_cache`), or a ready boolean [B, 1, T, T_k] mask
+        (e.g. block-diagonal for packed sequences; then `positions` must be given too).
+        return_hidden: return the final-norm hidden states [B, T, hidden] instead of logits.
+        """
+        B, T = input_ids.shape
+        if attention_mask is None:
+            if kv_cache is not None:
+                raise ValueError("a kv_cache needs an explicit attention_mask (positions cannot be inferred)")
+            mask = None
+            if positions is None:
+                positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        elif attention_mask.dim() == 2:
+            mask = causal_mask(attention_mask, T)
+            if positions is None:
+                positions = positions_from_mask(attention_mask)[:, -T:]
+        else:
+            mask = attention_mask
+            if positions is None:
+                raise ValueError("a 4-D attention_mask needs explicit positions")
+        x = self.model.embed_tokens(input_ids)                                        # [B, T, hidden]
+        cos, sin = self.model.rotary_emb(positions, x.dtype)                          # [B, 1, T, head_dim]
+        for block in self.model.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, kv_cache)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)                                # [B, T', vocab]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> "Transformer":
+        """Load an HF-layout directory (config.json + model.safetensors or a sharded index).
+
+        dtype None keeps the dtype the weights are stored in; device None means CPU.
+        """
+        from rlsr.checkpoint import load_safetensors_dir
+        path = Path(path)
+        cfg = ModelConfig.from_file(path / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if cfg.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        tensors = load_safetensors_dir(path, expected, optional={"lm_head.weight", "model.rotary_emb.inv_freq"},
+                                       dtype=dtype, device=device)
+        tensors.pop("model.rotary_emb.inv_freq", None)
+        if cfg.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)  # some tied checkpoints store a copy; HF ignores it too
+        model.load_state_dict(tensors, strict=False, assign=True)
+        model.tie_weights()  # `assign` replaced the shared Parameter; share it again
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 << 30):
+        """Write config.json + safetensors (sharded above max_shard_bytes), as transformers expects.
+
+        A tied lm_head is not stored (transformers re-ties it from tie_word_embeddings). The write is atomic.
+        """
+        from rlsr.checkpoint import save_safetensors_dir
+        sd = {k: v for k, v in self.state_dict().items() if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
+        dtype = dtype or self.dtype
+        hf = dict(self.config.hf)
+        for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # transformers 5 writes `dtype`, 4.x `torch_dtype`
+            hf[key] = str(dtype).removeprefix("torch.")
+        save_safetensors_dir(path, sd, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)

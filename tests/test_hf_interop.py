@@ -1,0 +1,23 @@
+"""rlsr's saved checkpoints load in transformers with identical logits.
+
+transformers is not a dependency: this file skips unless it is installed (e.g. in the environment that
+tests/make_fixtures.py uses: `/tmp/refenv/bin/python -m pytest tests/test_hf_interop.py`).
+"""
+import pytest
+import torch
+
+from conftest import FAMILIES, FIXTURES
+from rlsr.model import Transformer
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shard", [False, True])
+def test_saved_checkpoint_loads_in_transformers_with_identical_logits(family, shard, tmp_path):
+    model = Transformer.from_pretrained(FIXTURES / "models" / family, dtype=torch.float32)
+    model.save_pretrained(tmp_path, max_shard_bytes=20_000 if shard else 5 << 30)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max() <= 1e-5
