@@ -111,6 +111,23 @@ class ModelConfig:
             raise ValueError(f"{path}: required field {e.args[0]!r} is missing") from None
 
 
+class Linear(nn.Linear):
+    """nn.Linear that computes few-row products (decoding) as (W @ x^T)^T.
+
+    For a handful of rows, MKL's x @ W^T splits the work over the rows of x, so each of the 2 threads streams all of W
+    from memory; W @ x^T splits over the rows of W instead. On the 2-core CPU, fp32, 8 rows: ~1.3x faster for the
+    layers, ~2x for SmolLM2's 49152 x 576 lm_head. Same result up to summation order (~1e-7 relative).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or rows > 64:
+            return F.linear(x, self.weight, self.bias)
+        y = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.contiguous()  # contiguous: SDPA's fast kernels need it
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -165,10 +182,10 @@ class Attention(nn.Module):
         if self.n_heads % self.n_kv:
             raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv}")
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg.o_bias)
+        self.q_proj = Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.v_proj = Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.n_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
@@ -192,9 +209,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -249,7 +266,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute

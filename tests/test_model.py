@@ -73,10 +73,14 @@ def test_save_then_load_roundtrip(family, tmp_path):
     saved_cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved_cfg["architectures"] == json.loads((FIXTURES / "models" / family / "config.json").read_text())["architectures"]
     ids = torch.randint(0, 128, (2, 5))
+    want_sd = model.state_dict()
     with torch.no_grad():
         want = model(ids)
         for d in ("a", "b"):
-            assert torch.equal(Transformer.from_pretrained(tmp_path / d)(ids), want)
+            again = Transformer.from_pretrained(tmp_path / d)
+            assert all(torch.equal(v, want_sd[k]) for k, v in again.state_dict().items())
+            # MKL sums in another order for differently aligned buffers: equal up to fp32 rounding (parity tolerance)
+            assert (again(ids) - want).abs().max() <= 1e-4
     bf16 = tmp_path / "c"
     model.save_pretrained(bf16, dtype=torch.bfloat16)
     assert Transformer.from_pretrained(bf16).dtype == torch.bfloat16

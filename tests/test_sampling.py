@@ -1,0 +1,181 @@
+"""The sampling engine: cache exactness, batching, group prefill, seeding, stops, and log-prob parity with the trainer."""
+import pytest
+import torch
+
+import rlsr.sampling as sampling
+from conftest import FAMILIES, FIXTURES
+from rlsr.logprobs import completion_logprobs, scaled_log_softmax
+from rlsr.model import Transformer
+from rlsr.sampling import KVCache, SamplingParams, filter_top_k_top_p, generate
+
+
+def load(family):
+    return Transformer.from_pretrained(FIXTURES / "models" / family, dtype=torch.float32)
+
+
+def prompts_of(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 128, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_token_by_token_equals_full_forward(family):
+    model = load(family)
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.for_model(model, 2, 12)
+        mask = torch.ones(2, 12, dtype=torch.bool)
+        steps = [model(ids[:, :5], attention_mask=mask[:, :5], kv_cache=cache)]  # a 5-token prefill, then 1 by 1
+        cache.advance(5)
+        for t in range(5, 12):
+            steps.append(model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=cache))
+            cache.advance(1)
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_length_batch_equals_each_prompt_alone(family):
+    model = load(family)
+    prompts = prompts_of([3, 9, 6])
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    batch = generate(model, prompts, params)
+    for i, p in enumerate(prompts):
+        alone = generate(model, [p], params)
+        assert batch.tokens[i].tolist() == alone.tokens[0].tolist()
+        assert (batch.logprobs[i] - alone.logprobs[0]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_equal_trainer_logprobs(family, temperature):
+    """What makes the PPO ratio start at exactly 1: the sampler's log-probs == the trainer's teacher-forced ones."""
+    model = load(family)
+    vocab = 120  # the model has 128 embedding rows: 8 padded ids, as in Qwen
+    r = generate(model, prompts_of([4, 11, 7]), SamplingParams(max_new_tokens=12, temperature=temperature),
+                 stop_ids={5, 17}, vocab_size=vocab, group_size=3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.tokens, r.mask, temperature, vocab)
+    assert (trainer[r.mask] - r.logprobs[r.mask]).abs().max() <= 1e-4
+    assert (r.tokens[r.mask] < vocab).all()
+
+
+def test_logprobs_are_log_softmax_of_logits_over_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, 5.0]])
+    lp = scaled_log_softmax(logits, 0.5, vocab_size=3)  # id 3 is a padded row: excluded
+    want = torch.log_softmax(torch.tensor([[4.0, 2.0, 0.0]]), -1)
+    assert torch.allclose(lp[:, :3], want) and lp[0, 3] == float("-inf")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_group_prefill_once_equals_separate_prefills(family):
+    model = load(family)
+    p = prompts_of([7])[0]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    grouped = generate(model, [p], params, group_size=4, generator=torch.Generator().manual_seed(3))
+    separate = generate(model, [p] * 4, params, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(grouped.tokens, separate.tokens)
+    assert (grouped.logprobs - separate.logprobs).abs().max() <= 1e-5
+    assert grouped.prompt_index.tolist() == [0, 0, 0, 0]
+
+
+def test_group_layout_is_repeat_interleave():
+    model = load("llama")
+    r = generate(model, prompts_of([3, 5]), SamplingParams(max_new_tokens=3), group_size=3)
+    assert r.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
+    assert r.prompt_mask.sum(-1).tolist() == [3, 3, 3, 5, 5, 5]
+
+
+def test_same_seed_same_samples_and_rows_diverge():
+    model = load("qwen2")
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    a = generate(model, prompts_of([5]), params, group_size=8, generator=torch.Generator().manual_seed(7))
+    b = generate(model, prompts_of([5]), params, group_size=8, generator=torch.Generator().manual_seed(7))
+    c = generate(model, prompts_of([5]), params, group_size=8, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert len({tuple(row) for row in a.tokens.tolist()}) == 8  # the G samples of one prompt differ
+
+
+def test_stop_token_kept_nothing_after_and_finish_reasons():
+    model = load("qwen3")
+    stop = {7, 40, 90, 100, 111}
+    r = generate(model, prompts_of([4, 6]), SamplingParams(max_new_tokens=20, temperature=1.5), stop_ids=stop,
+                 group_size=8, generator=torch.Generator().manual_seed(0), pad_id=0)
+    assert set(r.finish_reason) == {"stop", "length"}  # this seed gives both kinds
+    for toks, mask, reason in zip(r.tokens.tolist(), r.mask.tolist(), r.finish_reason):
+        n = sum(mask)
+        assert mask == [True] * n + [False] * (20 - n)      # one contiguous run from the start
+        assert all(t == 0 for t in toks[n:])               # nothing generated after the end
+        assert not any(t in stop for t in toks[:n - 1])     # no earlier stop token
+        if reason == "stop":
+            assert toks[n - 1] in stop                     # the stop token is the last completion token, masked in
+        else:
+            assert n == 20 and toks[n - 1] not in stop
+
+
+def test_compaction_does_not_change_results():
+    model = load("llama")
+    kw = dict(stop_ids={7, 40, 90}, group_size=6, vocab_size=128)
+    params = SamplingParams(max_new_tokens=16, temperature=1.2)
+    a = generate(model, prompts_of([4, 8]), params, generator=torch.Generator().manual_seed(2), compact_every=0, **kw)
+    b = generate(model, prompts_of([4, 8]), params, generator=torch.Generator().manual_seed(2),
+                 compact_every=float("inf"), **kw)
+    assert any(reason == "stop" for reason in a.finish_reason)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+    assert (a.logprobs - b.logprobs).abs().max() <= 1e-5
+
+
+def test_ignore_stop_samples_exactly_max_new_tokens():
+    model = load("llama")
+    r = generate(model, prompts_of([4]), SamplingParams(max_new_tokens=9, ignore_stop=True), stop_ids=set(range(128)),
+                 group_size=2)
+    assert r.mask.all() and r.finish_reason == ["length", "length"]
+
+
+def test_static_cache_path_equals_dynamic(monkeypatch):
+    """The shapes-fixed decode that torch.compile / CUDA graphs use, run eagerly."""
+    model = load("qwen2")
+    monkeypatch.setattr(sampling, "compiled_decode_step", lambda: sampling._decode_step)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    kw = dict(stop_ids={7, 40}, group_size=3)
+    a = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), **kw)
+    b = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), compile=True, **kw)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask) and a.finish_reason == b.finish_reason
+    assert (a.logprobs - b.logprobs).abs().max() <= 1e-4
+
+
+def test_top_k_top_p_filter_worked_example():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    keep = lambda x: torch.isfinite(x)[0].tolist()  # noqa: E731
+    assert keep(filter_top_k_top_p(logits, top_k=2)) == [True, True, False, False, False]
+    # nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is needed too (cumulative 0.85)
+    assert keep(filter_top_k_top_p(logits, top_p=0.8)) == [True, True, True, False, False]
+    assert keep(filter_top_k_top_p(logits, top_p=0.5)) == [True, False, False, False, False]
+    assert keep(filter_top_k_top_p(logits, top_k=1, top_p=0.99)) == [True, False, False, False, False]
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    logits = probs.log().expand(20000, 4)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tokens, lp = sampling.sample_next(logits, SamplingParams(temperature=1.0), None, u)
+    freq = torch.bincount(tokens, minlength=4).float() / 20000
+    assert freq[1] == 0 and (freq - probs).abs().max() < 0.015
+    assert torch.allclose(lp, probs.log()[tokens])
+
+
+def test_greedy_is_argmax_and_scored_at_temperature_one():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    tok, lp = sampling.sample_next(logits, SamplingParams(temperature=0), None, None)
+    assert tok.item() == 1 and torch.allclose(lp, torch.log_softmax(logits, -1)[:, 1])
+
+
+def test_compiled_decode_matches_eager():
+    """torch.compile of the static decode step (on CPU here; CUDA graphs are added on a GPU)."""
+    model = load("qwen2")
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    kw = dict(stop_ids={7, 40}, group_size=3)
+    a = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), **kw)
+    b = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), compile=True, **kw)
+    assert torch.equal(a.tokens, b.tokens) and (a.logprobs - b.logprobs).abs().max() <= 1e-4
