@@ -53,13 +53,16 @@ def test_bf16_sharded_checkpoint_loads():
     assert len(list(path.glob("model-*.safetensors"))) == 3
     model = Transformer.from_pretrained(path)
     assert model.dtype == torch.bfloat16
+    stored = {}
+    for f in path.glob("model-*.safetensors"):
+        stored.update(load_file(f))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stored.items())  # every shard, bit-exact
     ref = load_file(path / "reference.safetensors")
     with torch.no_grad():
         logits = model(ref["input_ids"]).float()
-    # bf16 arithmetic on both sides in different orders: allow a few bf16 ulps at the logits' scale (~3, ulp 0.016)
-    assert (logits - ref["logits"]).abs().max() <= 0.1
-    fp32 = Transformer.from_pretrained(path, dtype=torch.float32)
-    assert fp32.dtype == torch.float32
+    # bf16 arithmetic on both sides, summed in different orders: a few bf16 ulps of the logits' scale
+    assert (logits - ref["logits"]).abs().max() <= 0.04 * ref["logits"].abs().max()
+    assert Transformer.from_pretrained(path, dtype=torch.float32).dtype == torch.float32
 
 
 @pytest.mark.parametrize("family", FAMILIES)
