@@ -205,7 +205,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(
     for t in range(T_new):
         # One draw per output row and step, whichever rows are still in the batch: a row's samples do not depend
         # on how (or whether) the batch was compacted.
-        u = torch.rand(N, generator=generator, dtype=torch.float64, device=device)[slot_row]
+        u = None if params.temperature == 0 else \
+            torch.rand(N, generator=generator, dtype=torch.float64, device=device)[slot_row]
         tok, lp = sample_next(logits, params, vocab_size, u)                      # [B], [B]
         rows_t = slot_row[alive]
         tokens[rows_t, t], logprobs[rows_t, t], gen_mask[rows_t, t] = tok[alive], lp[alive], True
