@@ -2,6 +2,7 @@
 
     python bench.py sample --rows 8 --new-tokens 128            -> tokens_per_s=<float>
     python bench.py rlsr-step --prompts 4 --group 8 --new-tokens 64 --beta 0.04   -> s_per_step=<float>
+        (train_rlsr.py's own step on the prompts and references of TRL's anchor benchmark, median after a warm-up)
 
 Defaults use the packaged SmolLM2-135M-Instruct (and all-MiniLM-L6-v2 for rlsr-step), fp32, on the CPU or the GPU.
 --profile prints where the time goes (torch.profiler, top operators by self time).
@@ -64,6 +65,42 @@ def bench_sample(args):
     print(f"tokens_per_s={statistics.median(rates):.1f}")
 
 
+# The workload of TRL's anchor benchmark (../shared/tools/trl_grpo_bench.py): four prompts with short references.
+TRL_ROWS = [("Give three tips for staying healthy.", "Eat a balanced diet, exercise regularly, and get enough sleep."),
+            ("Explain what a hash table is.", "A hash table maps keys to values using a hash function to pick a bucket."),
+            ("Write a haiku about autumn.", "Crisp leaves drift and fall / golden light on quiet paths / the year exhales slow"),
+            ("Name the capital of France.", "The capital of France is Paris.")]
+
+
+def bench_rlsr_step(args):
+    """Full RLSR steps through train_rlsr.py itself (rollout, reward, reference, update), timed by its own logs."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import train_rlsr
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "trl_rows.jsonl"
+        data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in TRL_ROWS))
+        argv = ["--data", str(data), "--train-split", "all", "--no-eval", "--out-dir", str(Path(tmp) / "run"),
+                "--steps", str(args.steps), "--prompts-per-step", str(args.prompts), "--group-size", str(args.group),
+                "--max-new-tokens", str(args.new_tokens), "--beta", str(args.beta), "--dtype", args.dtype,
+                "--device", args.device, "--save-every", str(10 ** 9), "--sample-every", "0", "--lr", "1e-6"]
+        if args.model:
+            argv += ["--init", args.model]
+        with profiled(args.profile) as prof:
+            train_rlsr.main(argv)
+        metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    if prof is not None:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    timed = metrics[1:] or metrics  # the first step is the warm-up
+    for part in ("time/rollout", "time/reward", "time/frozen_logprobs", "time/update"):
+        print(f"{part}: median {statistics.median(m[part] for m in timed):.2f} s")
+    print(f"steps={[round(m['step_time'], 2) for m in metrics]} completion tokens/step "
+          f"{statistics.median(m['completions/mean_length'] for m in timed) * args.prompts * args.group:.0f}")
+    print(f"s_per_step={statistics.median(m['step_time'] for m in timed):.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -78,8 +115,14 @@ def main():
     s = sub.add_parser("sample", parents=[common], help="sampling throughput, one chat prompt, stop tokens ignored")
     s.add_argument("--rows", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=128)
+    s = sub.add_parser("rlsr-step", parents=[common], help="seconds per full RLSR step (TRL anchor's workload)")
+    s.add_argument("--prompts", type=int, default=4)
+    s.add_argument("--group", type=int, default=8)
+    s.add_argument("--new-tokens", type=int, default=64)
+    s.add_argument("--beta", type=float, default=0.04)
+    s.add_argument("--steps", type=int, default=4, help="steps run; the first is a warm-up")
     args = ap.parse_args()
-    {"sample": bench_sample}[args.cmd](args)
+    {"sample": bench_sample, "rlsr-step": bench_rlsr_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

