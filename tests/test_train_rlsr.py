@@ -1,22 +1,13 @@
 """train_rlsr.py end to end on tiny random models: the run directory it writes, and exact resume after SIGKILL."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import train_rlsr
-from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir
+from conftest import kill_and_resume, logged_metrics, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script
 from rlsr.model import Transformer
 from rlsr.tokenizer import Tokenizer
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMING = ("step_time", "tokens_per_s", "time/")
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +24,10 @@ def argv(assets, out, steps, *extra):
             "--save-every", "2", "--sample-every", "2", "--micro-batch-size", "4", "--lr", "1e-3", *extra]
 
 
-def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
-
-
 def test_run_directory_and_trl_metric_names(assets, tmp_path, capsys):
     train_rlsr.main(argv(assets, tmp_path / "run", 4))
     run = tmp_path / "run"
-    m = metrics(run)
+    m = logged_metrics(run)
     assert [r["step"] for r in m] == [1, 2, 3, 4]
     for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio/low_mean",
                 "clip_ratio/high_mean", "clip_ratio/region_mean", "completions/mean_length",
@@ -64,25 +50,10 @@ def test_run_directory_and_trl_metric_names(assets, tmp_path, capsys):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(assets, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    script = [sys.executable, str(ROOT / "train_rlsr.py")]
-    subprocess.run(script + argv(assets, tmp_path / "full", 6), check=True, env=env, capture_output=True)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(script + argv(assets, killed, 6), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # stop it once step 3 is logged: its last checkpoint is then step 2
-        log = killed / "metrics.jsonl"
-        if log.exists() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(metrics(killed)) < 6
-    subprocess.run(script + ["--resume", str(killed)], check=True, env=env, capture_output=True)
-
-    assert metrics(killed) == metrics(tmp_path / "full")
+    run_script("train_rlsr.py", argv(assets, tmp_path / "full", 6))
+    killed_at = kill_and_resume("train_rlsr.py", argv(assets, tmp_path / "killed", 6), tmp_path / "killed", 3)
+    assert killed_at < 6
+    assert logged_metrics(tmp_path / "killed") == logged_metrics(tmp_path / "full")
     a = Transformer.from_pretrained(tmp_path / "full" / "final").state_dict()
-    b = Transformer.from_pretrained(killed / "final").state_dict()
+    b = Transformer.from_pretrained(tmp_path / "killed" / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
