@@ -26,7 +26,7 @@ from rlsr.metrics import copy_fraction, distinct_n, format_ci, paired_bootstrap_
 from rlsr.model import Transformer
 from rlsr.reward import SimilarityReward
 from rlsr.run import adamw_with_warmup, open_run, save_model
-from rlsr.sampling import SamplingParams, generate
+from rlsr.sampling import SamplingParams, complete, generate
 from rlsr.tokenizer import Tokenizer
 
 
@@ -105,19 +105,11 @@ def rows_logprobs(model, rollout, rows: torch.Tensor, group_size: int, temperatu
     return logp, ent, tc
 
 
-@torch.no_grad()
-def evaluate(policy, tok, examples, prompts, reward, max_new_tokens, batch_size=32) -> dict:
+def evaluate(policy, tok, examples, prompts, reward, max_new_tokens) -> dict:
     """Greedy answers to held-out prompts, scored by the reward: per-prompt rewards and lengths."""
-    rewards, lengths, texts = [], [], []
-    for idx in chunks(list(range(len(examples))), batch_size):
-        r = generate(policy, [prompts[i] for i in idx], SamplingParams(max_new_tokens, temperature=0.0), tok.stop_ids,
-                     tok.vocab_size, pad_id=tok.pad_id)
-        answers = tok.batch_decode(r.completions())
-        rw, _ = reward(answers, [examples[i].reference for i in idx])
-        rewards += rw.tolist()
-        lengths += r.lengths.tolist()
-        texts += answers
-    return {"reward": sum(rewards) / len(rewards), "mean_length": sum(lengths) / len(lengths), "rewards": rewards,
+    texts, lengths = complete(policy, tok, prompts, SamplingParams(max_new_tokens, temperature=0.0))
+    rewards, _ = reward(texts, [ex.reference for ex in examples])
+    return {"reward": rewards.mean().item(), "mean_length": sum(lengths) / len(lengths), "rewards": rewards.tolist(),
             "ids": [ex.id for ex in examples], "completions": texts}
 
 

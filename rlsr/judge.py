@@ -126,22 +126,13 @@ class LocalJudge:
                    **kwargs)
 
     def __call__(self, prompts: list[str]) -> list[str]:
-        from rlsr.sampling import SamplingParams, generate
+        from rlsr.sampling import SamplingParams, complete
         tok = self.tokenizer
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         ids = [tok.apply_chat_template(system + [{"role": "user", "content": p}], add_generation_prompt=True)
                for p in prompts]
-        # Sorting by length keeps left padding (wasted compute) small within a batch.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        replies: list[str] = [""] * len(ids)
-        params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
-        for s in range(0, len(order), self.batch_size):
-            batch = order[s:s + self.batch_size]
-            out = generate(self.model, [ids[i] for i in batch], params, stop_ids=tok.stop_ids,
-                           vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-            for i, text in zip(batch, tok.batch_decode(out.completions())):
-                replies[i] = text
-        return replies
+        return complete(self.model, tok, ids, SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0),
+                        batch_size=self.batch_size)[0]
 
 
 class JudgeError(RuntimeError):

@@ -229,3 +229,20 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(
     model.train(was_training)
     finish = ["stop" if s else "length" for s in stopped.tolist()]
     return Rollout(tokens, logprobs, gen_mask, finish, rows, prompt_ids[rows], prompt_mask[rows])
+
+
+def complete(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int = 32,
+             generator: torch.Generator | None = None) -> tuple[list[str], list[int]]:
+    """One answer per prompt (token ids), batched by similar length so little compute goes to left padding.
+
+    Returns the decoded answers (special tokens dropped) and their lengths in tokens, in the order of `prompts`.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts, lengths = [""] * len(prompts), [0] * len(prompts)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        r = generate(model, [prompts[i] for i in idx], params, tokenizer.stop_ids, tokenizer.vocab_size,
+                     generator=generator, pad_id=tokenizer.pad_id)
+        for i, text, n in zip(idx, tokenizer.batch_decode(r.completions()), r.lengths.tolist()):
+            texts[i], lengths[i] = text, n
+    return texts, lengths

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rlsr.metrics import bootstrap_ci, copy_fraction, distinct_n, paired_bootstrap_ci, pearson, words
+from rlsr.metrics import bootstrap, bootstrap_ci, copy_fraction, distinct_n, paired_bootstrap_ci, pearson, rouge_l, words
 
 
 def test_bootstrap_interval_of_a_normal_mean():
@@ -40,3 +40,17 @@ def test_monitors_on_hand_made_texts():
     assert copy_fraction("a dog sat on the mat", ref, n=4) == pytest.approx(1 / 3)  # only "sat on the mat" of 3
     assert copy_fraction("short", ref, n=4) == 0.0
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_rouge_l_worked_example():
+    # LCS("the cat sat on the mat", "the cat is on the mat") = the cat on the mat = 5; P = 5/6, R = 5/6
+    assert rouge_l("The cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # LCS 2 ("a b"), P = 2/2, R = 2/4: F1 = 2 * 1 * 0.5 / 1.5
+    assert rouge_l("a b", "a x b y") == pytest.approx(2 / 3)
+    assert rouge_l("", "anything") == 0.0 and rouge_l("x", "y") == 0.0
+
+
+def test_bootstrap_of_a_ratio_statistic():
+    num, den = np.array([1, 2, 3, 4.0]), np.array([2, 2, 4, 4.0])
+    point, lo, hi = bootstrap(lambda idx: num[idx].sum(1) / den[idx].sum(1), 4)
+    assert point == pytest.approx(10 / 12) and lo <= point <= hi
