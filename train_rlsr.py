@@ -20,12 +20,13 @@ from rlsr.assets import default_encoder_path, default_policy_path
 from rlsr.checkpoint import atomic_dir
 from rlsr.data import PromptSampler, load_dataset
 from rlsr.encoder import Encoder
-from rlsr.grpo import AGGREGATIONS, KL_ESTIMATORS, SCALES, group_advantages, policy_loss, token_weights
+from rlsr import distributed
+from rlsr.grpo import AGGREGATIONS, KL_ESTIMATORS, SCALES, group_advantages, policy_loss, token_counts, token_weights
 from rlsr.logprobs import completion_logprobs
 from rlsr.metrics import copy_fraction, distinct_n, format_ci, paired_bootstrap_ci, pearson
 from rlsr.model import Transformer
 from rlsr.reward import SimilarityReward
-from rlsr.run import adamw_with_warmup, open_run, save_model
+from rlsr.run import Run, adamw_with_warmup, open_run, save_model
 from rlsr.sampling import SamplingParams, complete, generate
 from rlsr.tokenizer import Tokenizer
 
@@ -38,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward: less memory")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (shard parameters, gradients and "
+                   "optimizer state) instead of DDP")
+    g.add_argument("--ref-offload", action="store_true", help="keep the reference model on the CPU between its passes")
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="alpaca_eval", help="built-in data set name or a JSONL file (rlsr/data.py)")
     g.add_argument("--train-split", default="train", help="split of a built-in data set ('all' for everything)")
@@ -105,19 +109,28 @@ def rows_logprobs(model, rollout, rows: torch.Tensor, group_size: int, temperatu
     return logp, ent, tc
 
 
-def evaluate(policy, tok, examples, prompts, reward, max_new_tokens) -> dict:
-    """Greedy answers to held-out prompts, scored by the reward: per-prompt rewards and lengths."""
-    texts, lengths = complete(policy, tok, prompts, SamplingParams(max_new_tokens, temperature=0.0))
-    rewards, _ = reward(texts, [ex.reference for ex in examples])
-    return {"reward": rewards.mean().item(), "mean_length": sum(lengths) / len(lengths), "rewards": rewards.tolist(),
+def evaluate(policy, tok, examples, prompts, reward, max_new_tokens, d) -> dict:
+    """Greedy answers to held-out prompts, scored by the reward: per-prompt rewards, lengths and answers.
+    Data-parallel ranks each answer every W-th prompt; the results are gathered in prompt order."""
+    mine = list(range(d.rank, len(examples), d.world))
+    texts, lengths = complete(policy, tok, [prompts[i] for i in mine], SamplingParams(max_new_tokens, temperature=0.0))
+    rewards, _ = reward(texts, [examples[i].reference for i in mine]) if mine else (torch.zeros(0), None)
+    rows = sorted((i, r, n, t) for part in distributed.gather(list(zip(mine, rewards.tolist(), lengths, texts)), d)
+                  for i, r, n, t in part)
+    rewards, lengths, texts = [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+    return {"reward": sum(rewards) / len(rewards), "mean_length": sum(lengths) / len(lengths), "rewards": rewards,
             "ids": [ex.id for ex in examples], "completions": texts}
 
 
 def main(argv=None):
-    run, args = open_run(parse_args(argv), argv)  # with --resume: the run's own settings
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    args = parse_args(argv)
+    d = distributed.init(args.device)  # one process, or one rank of a torchrun job
+    run, args = open_run(args, argv, writer=d.main)  # with --resume: the run's own settings
+    distributed.barrier(d)
+    say = print if d.main else (lambda *a, **k: None)
+    device, dtype = d.device, getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
-    gen = torch.Generator(device=device).manual_seed(args.seed)   # rollout sampling
+    gen = torch.Generator(device=device).manual_seed(args.seed)   # rollout sampling: the same stream on every rank
 
     # ---- models: policy (trained), reference (frozen, only if beta > 0), reward encoder (frozen)
     init = args.init or str(default_policy_path())
@@ -125,9 +138,11 @@ def main(argv=None):
     tok = Tokenizer.from_pretrained(init)
     policy = Transformer.from_pretrained(ckpt or init, dtype=dtype, device=device)
     policy.gradient_checkpointing = args.grad_checkpointing
+    model = distributed.wrap(policy, d, args.fsdp)  # what the update runs through (DDP / FSDP2 / the policy itself)
     ref = None
     if args.beta > 0:
-        ref = Transformer.from_pretrained(args.ref or init, dtype=dtype, device=device).requires_grad_(False)
+        ref_device = "cpu" if args.ref_offload else device
+        ref = Transformer.from_pretrained(args.ref or init, dtype=dtype, device=ref_device).requires_grad_(False)
     encoder = Encoder.from_pretrained(args.encoder or default_encoder_path(), device=device)
     reward = SimilarityReward(encoder)
 
@@ -136,128 +151,156 @@ def main(argv=None):
         ids = [tok.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True) for ex in examples]
         keep = [i for i, p in enumerate(ids) if len(p) <= args.max_prompt_tokens]
         if len(keep) < len(examples):
-            print(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
-                  f"{args.max_prompt_tokens} tokens")
+            say(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
+                f"{args.max_prompt_tokens} tokens")
         return [examples[i] for i in keep], {examples[i].id: ids[i] for i in keep}
     train, train_ids = prepare(load_dataset(args.data, args.train_split), "train")
     held_out = [] if args.no_eval else load_dataset(args.eval_data or args.data, args.eval_split)
     held_out, held_ids = prepare(held_out[:args.eval_prompts or None], "eval")
-    sampler = PromptSampler(train, args.prompts_per_step, seed=args.seed)
+    sampler = PromptSampler(train, args.prompts_per_step, seed=args.seed)  # the global batch, identical on all ranks
 
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer, scheduler = adamw_with_warmup(params, args.lr, args.weight_decay, args.warmup_steps * args.num_iterations)
-
-    start = run.restore(ckpt, optimizer, scheduler, sampler, gen) if args.resume else 0
-    print(f"policy {init}: {sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, {dtype}, {device}")
-    print(f"{len(train)} training prompts, {args.prompts_per_step} x {args.group_size} = "
-          f"{args.prompts_per_step * args.group_size} completions per step, <= {args.max_new_tokens} new tokens each; "
-          f"beta {args.beta}; {len(held_out)} held-out prompts; run dir {run.path}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = not (args.fsdp and device.type == "cpu")  # fused AdamW does not take CPU DTensors
+    optimizer, scheduler = adamw_with_warmup(params, args.lr, args.weight_decay, args.warmup_steps * args.num_iterations,
+                                             fused)
+    load_optimizer = lambda state: distributed.load_optimizer_state(model, optimizer, state, d)  # noqa: E731
+    start = run.restore(ckpt, load_optimizer, scheduler, sampler, gen) if args.resume else 0
+    G, W = args.group_size, d.world
+    say(f"policy {init}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters, {dtype}, {device}"
+        + (f", {W} ranks ({'FSDP2' if args.fsdp else 'DDP'})" if d.enabled else ""))
+    say(f"{len(train)} training prompts, {args.prompts_per_step} x {G} = {args.prompts_per_step * G} completions per "
+        f"step, <= {args.max_new_tokens} new tokens each; beta {args.beta}; {len(held_out)} held-out prompts; "
+        f"run dir {run.path}")
 
     held_prompts = [held_ids[ex.id] for ex in held_out]
-    evals = {e["step"]: e for e in run.read_log("eval.jsonl")}
-    if 0 not in evals and not args.no_eval:
-        evals[0] = {"step": 0, **evaluate(policy, tok, held_out, held_prompts, reward, args.max_new_tokens)}
-        run.log(evals[0], "eval.jsonl")
-        print(f"held-out reward at start: {evals[0]['reward']:.4f} (greedy, n={len(held_out)})")
+    evals = {e["step"]: e for e in run.read_log("eval.jsonl")} if d.main else {}
+    evals = distributed.gather(evals, d)[0]
 
-    G = args.group_size
-    bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="rlsr", dynamic_ncols=True)
+    def held_out_eval(step):
+        with distributed.full_weights(model, d, args.fsdp):
+            e = {"step": step, **evaluate(policy, tok, held_out, held_prompts, reward, args.max_new_tokens, d)}
+        run.log(e, "eval.jsonl")
+        return e
+    if 0 not in evals and not args.no_eval:
+        evals[0] = held_out_eval(0)
+        say(f"held-out reward at start: {evals[0]['reward']:.4f} (greedy, n={len(held_out)})")
+
+    bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="rlsr", dynamic_ncols=True,
+               disable=not d.main)
     for step in bar:
         t0 = time.perf_counter()
-        # ---- rollout: G samples per prompt at the training temperature
-        batch = next(sampler)
-        rollout = generate(policy, [train_ids[ex.id] for ex in batch],
-                           SamplingParams(args.max_new_tokens, args.temperature), tok.stop_ids, tok.vocab_size,
-                           group_size=args.group_size, generator=gen, pad_id=tok.pad_id)
+        # ---- rollout: G samples per prompt at the training temperature; each rank samples its share of the prompts
+        batch = distributed.shard(next(sampler), d)
+        n_rows = len(batch) * G
+        with distributed.full_weights(model, d, args.fsdp):
+            rollout = generate(policy, [train_ids[ex.id] for ex in batch],
+                               SamplingParams(args.max_new_tokens, args.temperature), tok.stop_ids, tok.vocab_size,
+                               group_size=G, generator=gen, pad_id=tok.pad_id, row_offset=d.rank * n_rows,
+                               total_rows=W * n_rows)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the KV cache is gone; give its memory back before the training passes
         t1 = time.perf_counter()
-        # ---- reward on the decoded completion text only; advantages within each prompt's group
+        # ---- reward on the decoded completion text only; advantages within each prompt's group (never across ranks)
         texts = tok.batch_decode(rollout.completions())
         refs = [batch[i].reference for i in rollout.prompt_index.tolist()]
         rewards, reward_stats = reward(texts, refs)
-        adv, ties, adv_stats = group_advantages(rewards, args.group_size, args.scale_rewards, args.std_floor,
-                                                args.tie_tolerance)
-        weights = token_weights(rollout.mask, args.loss_aggregation, args.max_new_tokens,
-                                keep=~ties if args.drop_ties else None)
-        mbs = micro_batches(rollout, args.group_size, args.micro_batch_size)
+        everything = distributed.gather((rewards.tolist(), rollout.lengths.tolist(), rollout.finish_reason, texts,
+                                         refs), d)
+        all_rewards = torch.tensor([r for part in everything for r in part[0]])
+        adv, ties, _ = group_advantages(rewards, G, args.scale_rewards, args.std_floor, args.tie_tolerance,
+                                        batch_std=all_rewards.std(unbiased=False).item())
+        keep = ~ties if args.drop_ties else None
+        counts = distributed.all_reduce(token_counts(rollout.mask, keep), d)  # the normaliser of the whole step
+        weights = token_weights(rollout.mask, args.loss_aggregation, args.max_new_tokens, keep, counts)
+        mbs = micro_batches(rollout, G, args.micro_batch_size)
         t2 = time.perf_counter()
         # ---- frozen log-probs: the reference's (KL) and, when a rollout is reused, the policy's own before updating
         ref_logp, old_logp = {}, {}
         with torch.no_grad():
-            for k, rows in enumerate(mbs):
-                if ref is not None:
+            if ref is not None:
+                ref.to(device)
+                for k, rows in enumerate(mbs):
                     ref_logp[k] = rows_logprobs(ref, rollout, rows, G, args.temperature, tok.vocab_size)[0]
-                if args.num_iterations > 1:
-                    policy.eval()
-                    old_logp[k] = rows_logprobs(policy, rollout, rows, G, args.temperature, tok.vocab_size)[0]
+                if args.ref_offload:
+                    ref.to("cpu")
+            if args.num_iterations > 1:
+                model.eval()
+                for k, rows in enumerate(mbs):
+                    old_logp[k] = rows_logprobs(model, rollout, rows, G, args.temperature, tok.vocab_size)[0]
         t3 = time.perf_counter()
         # ---- update: every micro-batch's loss is its share of the step loss, so accumulation == one batch
-        policy.train()
+        model.train()
         for _ in range(args.num_iterations):
             optimizer.zero_grad(set_to_none=True)
-            sums, entropy = {}, 0.0
+            sums = {}
             for k, rows in enumerate(mbs):
-                logp, ent, tc = rows_logprobs(policy, rollout, rows, G, args.temperature, tok.vocab_size, True)
-                w = weights[rows, :tc]
-                loss, st = policy_loss(logp, old_logp.get(k, logp.detach()), adv[rows], w, args.epsilon_low,
-                                       args.epsilon_high, ref_logp.get(k), args.beta, args.kl_estimator)
-                loss.backward()
-                entropy += (w * ent).sum().item()
-                for key, v in st.items():
+                with distributed.gradient_sync(model, d, args.fsdp, sync=k == len(mbs) - 1):
+                    logp, ent, tc = rows_logprobs(model, rollout, rows, G, args.temperature, tok.vocab_size, True)
+                    w = weights[rows, :tc]
+                    loss, st = policy_loss(logp, old_logp.get(k, logp.detach()), adv[rows], w, args.epsilon_low,
+                                           args.epsilon_high, ref_logp.get(k), args.beta, args.kl_estimator)
+                    (loss * d.loss_scale).backward()
+                for key, v in {**st, "loss": loss, "entropy": (w * ent).sum()}.items():
                     sums[key] = sums.get(key, 0.0) + v.item()
-                sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
             optimizer.step()
             scheduler.step()
         t4 = time.perf_counter()
 
-        # ---- metrics (TRL names where TRL has one) and reward-hacking monitors
-        n_tokens = int(rollout.mask.sum())
-        lengths = rollout.lengths.float()
-        stopped = torch.tensor([f == "stop" for f in rollout.finish_reason])
+        # ---- metrics over the whole step (all ranks), TRL's names where TRL has one, and reward-hacking monitors
+        sums = distributed.all_reduce({**sums, **{k: v * n_rows for k, v in reward_stats.items()}}, d)
+        all_lengths = torch.tensor([n for part in everything for n in part[1]], dtype=torch.float32)
+        stopped = torch.tensor([f == "stop" for part in everything for f in part[2]])
+        all_texts, all_refs = [t for part in everything for t in part[3]], [r for part in everything for r in part[4]]
+        _, _, adv_stats = group_advantages(all_rewards, G, args.scale_rewards, args.std_floor, args.tie_tolerance)
         wsum = max(sums.pop("weight"), 1e-12)
-        m = {"step": step, **adv_stats, **reward_stats,
-             **{k: v / wsum for k, v in sums.items() if k != "loss"}, "loss": sums["loss"], "entropy": entropy / wsum,
-             "completions/mean_length": lengths.mean().item(),
+        m = {"step": step, **adv_stats, **{k: sums.pop(k) / (W * n_rows) for k in list(reward_stats)},
+             "loss": sums.pop("loss"), **{k: v / wsum for k, v in sums.items()},
+             "completions/mean_length": all_lengths.mean().item(),
              "completions/clipped_ratio": 1 - stopped.float().mean().item(),
-             "completions/mean_terminated_length": lengths[stopped].mean().item() if stopped.any() else 0.0,
-             "monitor/length_reward_corr": pearson(lengths.tolist(), rewards.tolist()),
-             "monitor/distinct_2": distinct_n(texts, 2),
-             "monitor/copy_fraction_4gram": sum(copy_fraction(t, r) for t, r in zip(texts, refs)) / len(texts),
+             "completions/mean_terminated_length": all_lengths[stopped].mean().item() if stopped.any() else 0.0,
+             "monitor/length_reward_corr": pearson(all_lengths.tolist(), all_rewards.tolist()),
+             "monitor/distinct_2": distinct_n(all_texts, 2),
+             "monitor/copy_fraction_4gram": sum(map(copy_fraction, all_texts, all_refs)) / len(all_texts),
              "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
-             "step_time": t4 - t0, "tokens_per_s": n_tokens / (t4 - t0), "time/rollout": t1 - t0,
+             "step_time": t4 - t0, "tokens_per_s": all_lengths.sum().item() / (t4 - t0), "time/rollout": t1 - t0,
              "time/reward": t2 - t1, "time/frozen_logprobs": t3 - t2, "time/update": t4 - t3}
         run.log(m)
         bar.set_postfix(reward=f"{m['reward']:.3f}", kl=f"{m.get('kl', 0):.4f}", len=f"{m['completions/mean_length']:.0f}",
                         tok_s=f"{m['tokens_per_s']:.0f}")
         if args.sample_every and step % args.sample_every == 0:
-            for i, text in enumerate(texts):
+            for i, text in enumerate(texts):  # each rank's own rows; only rank 0 writes, so rank 0's share
                 ex = batch[rollout.prompt_index[i]]
                 run.log({"step": step, "id": ex.id, "prompt": ex.prompt_messages()[-1]["content"], "reference": ex.reference,
                          "completion": text, "reward": rewards[i].item(), "advantage": adv[i].item(),
                          "finish_reason": rollout.finish_reason[i]}, "samples.jsonl")
         if args.eval_every and step % args.eval_every == 0 and step != args.steps and not args.no_eval:
-            e = {"step": step, **evaluate(policy, tok, held_out, held_prompts, reward, args.max_new_tokens)}
-            run.log(e, "eval.jsonl")
-            tqdm.write(f"step {step}: held-out reward {e['reward']:.4f}")
+            e = held_out_eval(step)
+            if d.main:
+                tqdm.write(f"step {step}: held-out reward {e['reward']:.4f}")
         if step % args.save_every == 0 or step == args.steps:
-            run.save_checkpoint(step, policy, tok, run.trainer_state(step, optimizer, scheduler, sampler, gen))
+            state = Run.trainer_state(step, distributed.full_optimizer_state(model, optimizer, d), scheduler, sampler, gen)
+            run.save_checkpoint(step, policy, tok, state, distributed.full_state_dict(model, d))
     bar.close()
 
     # ---- the end: the final weights, and the held-out evaluation paired with the one at the start
-    with atomic_dir(run.path / "final") as tmp:
-        save_model(tmp, policy, tok, run.settings)
-    if args.no_eval:
-        return
-    last = args.steps
-    if last not in evals:
-        evals[last] = {"step": last, **evaluate(policy, tok, held_out, held_prompts, reward, args.max_new_tokens)}
-        run.log(evals[last], "eval.jsonl")
-    change = paired_bootstrap_ci(evals[0]["rewards"], evals[last]["rewards"])
-    summary = (f"held-out reward (greedy, n={len(held_out)}): {evals[0]['reward']:.4f} -> {evals[last]['reward']:.4f}, "
-               f"change {format_ci(change)} (paired bootstrap 95%); mean length {evals[0]['mean_length']:.0f} -> "
-               f"{evals[last]['mean_length']:.0f} tokens; weights in {run.path / 'final'}")
-    run.log({"step": last, "summary": summary, "change": change[0], "change_ci": list(change[1:])}, "summary.jsonl")
-    print(summary)
+    weights_now = distributed.full_state_dict(model, d)
+    if d.main:
+        with atomic_dir(run.path / "final") as tmp:
+            save_model(tmp, policy, tok, run.settings, weights_now)
+    if not args.no_eval:
+        if args.steps not in evals:
+            evals[args.steps] = held_out_eval(args.steps)
+        change = paired_bootstrap_ci(evals[0]["rewards"], evals[args.steps]["rewards"])
+        summary = (f"held-out reward (greedy, n={len(held_out)}): {evals[0]['reward']:.4f} -> "
+                   f"{evals[args.steps]['reward']:.4f}, change {format_ci(change)} (paired bootstrap 95%); mean length "
+                   f"{evals[0]['mean_length']:.0f} -> {evals[args.steps]['mean_length']:.0f} tokens; weights in "
+                   f"{run.path / 'final'}")
+        run.log({"step": args.steps, "summary": summary, "change": change[0], "change_ci": list(change[1:])},
+                "summary.jsonl")
+        say(summary)
+    distributed.close(d)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import time
 import torch
 from tqdm import tqdm
 
+from rlsr import distributed
 from rlsr.assets import default_policy_path
 from rlsr.checkpoint import atomic_dir
 from rlsr.data import PromptSampler, load_dataset
 from rlsr.model import Transformer
-from rlsr.run import adamw_with_warmup, open_run, save_model
+from rlsr.run import Run, adamw_with_warmup, open_run, save_model
 from rlsr.sft import make_batch, micro_batches, sft_loss, tokenize_example
 from rlsr.tokenizer import Tokenizer
 
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward: less memory")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="alpaca_eval", help="built-in data set name or a JSONL file (rlsr/data.py)")
     g.add_argument("--train-split", default="train", help="split of a built-in data set ('all' for everything)")
@@ -60,96 +62,114 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def held_out_loss(model, examples, args, vocab_size) -> float:
-    """Mean cross-entropy per trained token over the held-out examples (nats)."""
+def held_out_loss(model, examples, args, vocab_size, d) -> float:
+    """Mean cross-entropy per trained token over the held-out examples (nats); ranks split the examples."""
     model.eval()
-    n = sum(x.trained[1:].count(True) for x in examples)
+    mine = examples[d.rank::d.world]
+    n = sum(x.trained[1:].count(True) for x in examples)  # every rank holds them all
     total = sum(sft_loss(model, make_batch(rows), n, vocab_size).item()
-                for rows in micro_batches(examples, args.micro_batch_size, args.pack, args.max_seq_len))
-    return total
+                for rows in micro_batches(mine, args.micro_batch_size, args.pack, args.max_seq_len))
+    return distributed.all_reduce({"loss": total}, d)["loss"]
 
 
 def main(argv=None):
-    run, args = open_run(parse_args(argv), argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    args = parse_args(argv)
+    d = distributed.init(args.device)  # one process, or one rank of a torchrun job
+    run, args = open_run(args, argv, writer=d.main)
+    distributed.barrier(d)
+    say = print if d.main else (lambda *a, **k: None)
+    device, dtype = d.device, getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
 
     init = args.init or str(default_policy_path())
     ckpt = run.latest_checkpoint() if args.resume else None
     tok = Tokenizer.from_pretrained(init)
-    model = Transformer.from_pretrained(ckpt or init, dtype=dtype, device=device)
-    model.gradient_checkpointing = args.grad_checkpointing
+    policy = Transformer.from_pretrained(ckpt or init, dtype=dtype, device=device)
+    policy.gradient_checkpointing = args.grad_checkpointing
+    model = distributed.wrap(policy, d, args.fsdp)
 
     def prepare(examples, what):
         keep = [ex for ex in examples if len(tok.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True))
                 <= args.max_prompt_tokens]
         if len(keep) < len(examples):
-            print(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
-                  f"{args.max_prompt_tokens} tokens")
+            say(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
+                f"{args.max_prompt_tokens} tokens")
         tokenized = {ex.id: tokenize_example(tok, ex, args.max_seq_len) for ex in keep}
         cut = sum(x.truncated for x in tokenized.values())
-        print(f"{what}: {len(keep)} examples, {cut} cut at {args.max_seq_len} tokens")
+        say(f"{what}: {len(keep)} examples, {cut} cut at {args.max_seq_len} tokens")
         return keep, tokenized
     train, train_tok = prepare(load_dataset(args.data, args.train_split), "train")
     held = load_dataset(args.eval_data or args.data, args.eval_split)[:args.eval_examples or None]
     held, held_tok = prepare(held, "eval")
     held_tok = list(held_tok.values())
-    sampler = PromptSampler(train, args.examples_per_step, seed=args.seed)
+    sampler = PromptSampler(train, args.examples_per_step, seed=args.seed)  # the global batch, identical on all ranks
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = adamw_with_warmup(params, args.lr, args.weight_decay, args.warmup_steps)
-    start = run.restore(ckpt, optimizer, scheduler, sampler) if args.resume else 0
+    fused = not (args.fsdp and device.type == "cpu")  # fused AdamW does not take CPU DTensors
+    optimizer, scheduler = adamw_with_warmup(params, args.lr, args.weight_decay, args.warmup_steps, fused)
+    load_optimizer = lambda state: distributed.load_optimizer_state(model, optimizer, state, d)  # noqa: E731
+    start = run.restore(ckpt, load_optimizer, scheduler, sampler) if args.resume else 0
 
-    evals = {e["step"]: e for e in run.read_log("eval.jsonl")}
+    evals = distributed.gather({e["step"]: e for e in run.read_log("eval.jsonl")} if d.main else {}, d)[0]
     if 0 not in evals:
-        evals[0] = {"step": 0, "loss": held_out_loss(model, held_tok, args, tok.vocab_size)}
+        evals[0] = {"step": 0, "loss": held_out_loss(model, held_tok, args, tok.vocab_size, d)}
         run.log(evals[0], "eval.jsonl")
-    print(f"held-out loss at start: {evals[0]['loss']:.4f} nats/token (n={len(held_tok)} examples)")
+    say(f"held-out loss at start: {evals[0]['loss']:.4f} nats/token (n={len(held_tok)} examples)")
 
-    bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="sft", dynamic_ncols=True)
+    bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="sft", dynamic_ncols=True,
+               disable=not d.main)
     for step in bar:
         t0 = time.perf_counter()
-        examples = [train_tok[ex.id] for ex in next(sampler)]
+        examples = [train_tok[ex.id] for ex in distributed.shard(next(sampler), d)]
         mbs = micro_batches(examples, args.micro_batch_size, args.pack, args.max_seq_len)
-        n_targets = sum(x.trained[1:].count(True) for x in examples)   # the step's normaliser
+        counts = distributed.all_reduce({"targets": sum(x.trained[1:].count(True) for x in examples),
+                                         "tokens": sum(len(x.ids) for x in examples)}, d)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, n_rows, n_tokens = 0.0, 0, 0
-        for rows in mbs:
+        local = {"loss": 0.0, "rows": 0, "padded_tokens": 0, "truncated": sum(x.truncated for x in examples)}
+        for k, rows in enumerate(mbs):
             batch = make_batch(rows, tok.pad_id)
-            loss = sft_loss(model, batch, n_targets, tok.vocab_size)
-            loss.backward()
-            loss_sum += loss.item()
-            n_rows += batch.ids.shape[0]
-            n_tokens += batch.ids.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip).item()
+            with distributed.gradient_sync(model, d, args.fsdp, sync=k == len(mbs) - 1):
+                loss = sft_loss(model, batch, counts["targets"], tok.vocab_size)  # a share of the step loss
+                (loss * d.loss_scale).backward()
+            local["loss"] += loss.item()
+            local["rows"] += batch.ids.shape[0]
+            local["padded_tokens"] += batch.ids.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
         optimizer.step()
         scheduler.step()
         dt = time.perf_counter() - t0
-        m = {"step": step, "loss": loss_sum, "perplexity": math.exp(min(loss_sum, 50)), "grad_norm": grad_norm,
-             "learning_rate": scheduler.get_last_lr()[0], "num_tokens": sum(len(x.ids) for x in examples),
-             "num_targets": n_targets, "truncated": sum(x.truncated for x in examples) / len(examples),
-             "rows": n_rows, "padding_fraction": 1 - sum(len(x.ids) for x in examples) / n_tokens,
-             "step_time": dt, "tokens_per_s": sum(len(x.ids) for x in examples) / dt}
+        total = distributed.all_reduce(local, d)
+        m = {"step": step, "loss": total["loss"], "perplexity": math.exp(min(total["loss"], 50)), "grad_norm": grad_norm,
+             "learning_rate": scheduler.get_last_lr()[0], "num_tokens": counts["tokens"], "num_targets": counts["targets"],
+             "truncated": total["truncated"] / args.examples_per_step, "rows": total["rows"],
+             "padding_fraction": 1 - counts["tokens"] / total["padded_tokens"], "step_time": dt,
+             "tokens_per_s": counts["tokens"] / dt}
         run.log(m)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if args.eval_every and step % args.eval_every == 0 and step != args.steps:
-            e = {"step": step, "loss": held_out_loss(model, held_tok, args, tok.vocab_size)}
+            e = {"step": step, "loss": held_out_loss(model, held_tok, args, tok.vocab_size, d)}
             run.log(e, "eval.jsonl")
-            tqdm.write(f"step {step}: held-out loss {e['loss']:.4f}")
+            if d.main:
+                tqdm.write(f"step {step}: held-out loss {e['loss']:.4f}")
         if step % args.save_every == 0 or step == args.steps:
-            run.save_checkpoint(step, model, tok, run.trainer_state(step, optimizer, scheduler, sampler))
+            state = Run.trainer_state(step, distributed.full_optimizer_state(model, optimizer, d), scheduler, sampler)
+            run.save_checkpoint(step, policy, tok, state, distributed.full_state_dict(model, d))
     bar.close()
 
-    with atomic_dir(run.path / "final") as tmp:
-        save_model(tmp, model, tok, run.settings)
+    weights_now = distributed.full_state_dict(model, d)
+    if d.main:
+        with atomic_dir(run.path / "final") as tmp:
+            save_model(tmp, policy, tok, run.settings, weights_now)
     if args.steps not in evals:
-        evals[args.steps] = {"step": args.steps, "loss": held_out_loss(model, held_tok, args, tok.vocab_size)}
+        evals[args.steps] = {"step": args.steps, "loss": held_out_loss(model, held_tok, args, tok.vocab_size, d)}
         run.log(evals[args.steps], "eval.jsonl")
     summary = (f"held-out loss (n={len(held_tok)} examples): {evals[0]['loss']:.4f} -> {evals[args.steps]['loss']:.4f} "
                f"nats/token; weights in {run.path / 'final'}")
     run.log({"step": args.steps, "summary": summary}, "summary.jsonl")
-    print(summary)
+    say(summary)
+    distributed.close(d)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ KL_ESTIMATORS = ("k3", "k1")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", std_floor: float = 0.02,
-                     tie_tolerance: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                     tie_tolerance: float = 1e-3, batch_std: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """rewards [P * G] (prompt-major) -> advantages [P * G], near-tie flags per row [P * G] (bool), stats.
+
+    batch_std: the std of the whole step's rewards when this call sees only part of them (data parallelism).
 
     >>> adv, ties, _ = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), group_size=2, std_floor=0.0)
     >>> adv.tolist(), ties.tolist()   # group 1: mean 0.5, std 0.5; group 2: a tie
@@ -67,7 +69,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     if scale == "group":
         adv = adv / r.std(-1, unbiased=False, keepdim=True).clamp(min=max(std_floor, 1e-8))
     elif scale == "batch":
-        adv = adv / r.std(unbiased=False).clamp(min=max(std_floor, 1e-8))
+        std = r.std(unbiased=False) if batch_std is None else torch.tensor(batch_std)
+        adv = adv / std.clamp(min=max(std_floor, 1e-8))
     ties = (r.max(-1).values - r.min(-1).values) < tie_tolerance                   # [P]
     stats = {"reward": r.mean().item(), "reward_std": r.std(-1, unbiased=False).mean().item(),
              "frac_reward_zero_std": ties.float().mean().item(),
@@ -75,20 +78,29 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return adv.view(-1), ties.repeat_interleave(group_size), stats
 
 
+def token_counts(mask: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, float]:
+    """The normalisers of `token_weights`: trained tokens and sequences (sum them over ranks for the global ones)."""
+    m = mask.float() if keep is None else mask.float() * keep.float()[:, None]
+    return {"tokens": m.sum().item(), "sequences": (m.sum(-1) > 0).sum().item()}
+
+
 def token_weights(mask: torch.Tensor, aggregation: str = "token", max_new_tokens: int | None = None,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+                  keep: torch.Tensor | None = None, counts: dict[str, float] | None = None) -> torch.Tensor:
     """Per-token loss weights [N, T] for the whole step: loss = sum(w * l). mask [N, T] marks completion tokens.
 
     keep [N] (bool) removes rows (e.g. dropped near-tie groups) from the loss and from the normaliser.
+    counts: the step's token and sequence counts when `mask` is only part of the step (`token_counts` summed over
+    data-parallel ranks); by default they are counted from `mask`.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     m = mask.float()
     if keep is not None:
         m = m * keep.float()[:, None]
-    n_seq = (m.sum(-1) > 0).sum().clamp(min=1)
+    counts = counts or token_counts(mask, keep)
+    n_seq = max(counts["sequences"], 1)
     if aggregation == "token":
-        return m / m.sum().clamp(min=1)
+        return m / max(counts["tokens"], 1)
     if aggregation == "sequence":
         return m / m.sum(-1, keepdim=True).clamp(min=1) / n_seq
     if max_new_tokens is None:

@@ -86,8 +86,7 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     else:
         ids, positions, segments, row, col = pack_groups(prompt_ids, prompt_mask, completion_ids, completion_mask,
                                                          group_size)
-        hidden = model(ids, attention_mask=segment_mask(segments), positions=positions, return_hidden=True)
-        logits = model.lm_head(hidden[row, col])                                  # [N, V], N completion tokens
+        logits = model(ids, attention_mask=segment_mask(segments), positions=positions, keep=(row, col))  # [N, V]
         targets = completion_ids[completion_mask]                                 # [N], row-major like row/col
     logp = scaled_log_softmax(logits, temperature, vocab_size)                    # [..., V] fp32
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

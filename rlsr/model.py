@@ -288,12 +288,14 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, kv_cache=None, logits_to_keep: int = 0,
-                return_hidden: bool = False) -> torch.Tensor:
+                keep: tuple[torch.Tensor, torch.Tensor] | None = None, return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, vocab] (or the last `logits_to_keep` positions only).
 
         attention_mask: None (every token real, no cache: plain causal attention), a [B, T_past + T] padding
         mask (1 = real token; T_past = tokens already in `kv_cache`), or a ready boolean [B, 1, T, T_k] mask
         (e.g. block-diagonal for packed sequences; then `positions` must be given too).
+        keep: (rows [N], cols [N]): logits [N, vocab] of these positions only (training: the positions that predict
+        a target token), so the vocabulary projection is not computed where it is not needed.
         return_hidden: return the final-norm hidden states [B, T, hidden] instead of logits.
         """
         B, T = input_ids.shape
@@ -320,6 +322,8 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin, mask, kv_cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
+        if keep is not None:
+            x = x[keep[0], keep[1]]                                                  # [N, hidden]
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)                                # [B, T', vocab]
 
@@ -359,14 +363,17 @@ class Transformer(nn.Module):
         model.tie_weights()  # `assign` replaced the shared Parameter; share it again
         return model.eval()
 
-    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 << 30):
-        """Write config.json + safetensors (sharded above max_shard_bytes), as transformers expects.
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 << 30,
+                        state_dict: dict | None = None):
+        """Write config.json + safetensors (sharded above max_shard_bytes) into `path`, as transformers expects.
 
-        A tied lm_head is not stored (transformers re-ties it from tie_word_embeddings). The write is atomic.
+        A tied lm_head is not stored (transformers re-ties it from tie_word_embeddings). state_dict: the full weights
+        when this module holds only a shard of them (FSDP).
         """
         from rlsr.checkpoint import save_safetensors_dir
-        sd = {k: v for k, v in self.state_dict().items() if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
-        dtype = dtype or self.dtype
+        sd = state_dict if state_dict is not None else self.state_dict()
+        sd = {k: v for k, v in sd.items() if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
+        dtype = dtype or next(iter(sd.values())).dtype
         hf = dict(self.config.hf)
         for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # transformers 5 writes `dtype`, 4.x `torch_dtype`
             hf[key] = str(dtype).removeprefix("torch.")

@@ -47,20 +47,24 @@ def set_rng_state(state: dict, *generators: torch.Generator):
         g.set_state(s)
 
 
-def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int):
-    """AdamW (betas 0.9/0.99, fused: one kernel for all parameters, 5x faster than the default on a 2-core CPU)
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, fused: bool = True):
+    """AdamW (betas 0.9/0.99; fused: one kernel for all parameters, 5x faster than the default on a 2-core CPU)
     with a linear warm-up over `warmup_steps` optimizer steps, then a constant learning rate."""
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
     warmup = max(warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
     return optimizer, scheduler
 
 
-def open_run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple["Run", argparse.Namespace]:
-    """A new run in args.out_dir, or with --resume the existing run and ITS settings (a given --steps still wins)."""
+def open_run(args: argparse.Namespace, argv: list[str] | None = None, writer: bool = True
+             ) -> tuple["Run", argparse.Namespace]:
+    """A new run in args.out_dir, or with --resume the existing run and ITS settings (a given --steps still wins).
+
+    writer: False on data-parallel ranks other than 0, which neither create nor write anything.
+    """
     if not args.resume:
-        return Run(args.out_dir, vars(args)), args
-    run = Run(args.resume, {}, resume=True)
+        return Run(args.out_dir, vars(args), writer=writer), args
+    run = Run(args.resume, {}, resume=True, writer=writer)
     explicit_steps = any(a.startswith("--steps") for a in (sys.argv[1:] if argv is None else argv))
     resumed = argparse.Namespace(**{**run.settings, "resume": args.resume})
     if explicit_steps:
@@ -69,11 +73,15 @@ def open_run(args: argparse.Namespace, argv: list[str] | None = None) -> tuple["
 
 
 class Run:
-    def __init__(self, path: str | Path, settings: dict, resume: bool = False, keep_checkpoints: int = 2):
+    def __init__(self, path: str | Path, settings: dict, resume: bool = False, keep_checkpoints: int = 2,
+                 writer: bool = True):
         self.path = Path(path)
         self.keep = keep_checkpoints
         self.ckpt_dir = self.path / "checkpoints"
-        if resume:
+        self.writer = writer
+        if not writer:
+            self.settings = json.loads((self.path / "settings.json").read_text()) if resume else settings
+        elif resume:
             if not (self.path / "settings.json").exists():
                 raise FileNotFoundError(f"{self.path}: not a run directory (no settings.json)")
             self.settings = json.loads((self.path / "settings.json").read_text())
@@ -86,6 +94,8 @@ class Run:
             write_json(self.path / "settings.json", settings)
 
     def log(self, record: dict, file: str = "metrics.jsonl"):
+        if not self.writer:
+            return
         with open(self.path / file, "a") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
@@ -96,6 +106,8 @@ class Run:
 
     def truncate_logs(self, step: int):
         """Drop records of steps after `step` (written by a killed run after its last checkpoint)."""
+        if not self.writer:
+            return
         for p in self.path.glob("*.jsonl"):
             lines = [line for line in p.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line).get("step", -1) <= step]
@@ -103,10 +115,13 @@ class Run:
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, p)
 
-    def save_checkpoint(self, step: int, model, tokenizer, trainer_state: dict) -> Path:
+    def save_checkpoint(self, step: int, model, tokenizer, trainer_state: dict, state_dict=None) -> Path:
+        """state_dict: the full weights when `model` holds only a shard (FSDP); written by the writer rank only."""
         name = f"step-{step:06d}"
+        if not self.writer:
+            return self.ckpt_dir / name
         with atomic_dir(self.ckpt_dir / name) as tmp:
-            save_model(tmp, model, tokenizer, self.settings)
+            save_model(tmp, model, tokenizer, self.settings, state_dict)
             torch.save(trainer_state, tmp / "trainer_state.pt")
         latest = self.ckpt_dir / "LATEST"
         tmp_latest = latest.with_name(".LATEST.tmp")
@@ -122,20 +137,21 @@ class Run:
         return self.ckpt_dir / latest.read_text().strip() if latest.exists() else None
 
     @staticmethod
-    def trainer_state(step: int, optimizer, scheduler, sampler, *generators: torch.Generator) -> dict:
-        return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    def trainer_state(step: int, optimizer_state: dict, scheduler, sampler, *generators: torch.Generator) -> dict:
+        return {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
 
-    def restore(self, ckpt: Path | None, optimizer, scheduler, sampler, *generators: torch.Generator) -> int:
+    def restore(self, ckpt: Path | None, load_optimizer, scheduler, sampler, *generators: torch.Generator) -> int:
         """Load a checkpoint's trainer state (the weights are loaded from `ckpt` by the caller); drop later logs.
 
-        Returns the step to continue after (0 when there is no checkpoint yet).
+        load_optimizer: a callable taking the saved optimizer state. Returns the step to continue after (0 when there
+        is no checkpoint yet).
         """
         if ckpt is None:
             self.truncate_logs(0)
             return 0
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"], *generators)
@@ -144,10 +160,10 @@ class Run:
         return state["step"]
 
 
-def save_model(path: Path, model, tokenizer, settings: dict | None = None):
+def save_model(path: Path, model, tokenizer, settings: dict | None = None, state_dict=None):
     """HF layout: weights + config.json + tokenizer files (+ the run's settings): a valid --init for the scripts."""
     raw = getattr(model, "module", model)  # unwrap DDP
-    raw.save_pretrained(path)
+    raw.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     # every stop id, so generation elsewhere (transformers, vLLM) stops where rlsr's sampler did
     write_json(path / "generation_config.json", {"eos_token_id": sorted(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,

@@ -160,11 +160,14 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, vocab_size: int | 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(), vocab_size: int | None = None,
              group_size: int = 1, generator: torch.Generator | None = None, pad_id: int = 0,
-             compact_every: float = 0.5, compile: bool = False) -> Rollout:
+             compact_every: float = 0.5, compile: bool = False, row_offset: int = 0,
+             total_rows: int | None = None) -> Rollout:
     """Sample `group_size` completions for each prompt (token id lists). Returns a Rollout of P * group_size rows.
 
-    generator: seeds the draws; row r at step t always uses the t-th draw for row r, so a call is reproducible and
-    compaction does not change what a row samples.
+    generator: seeds the draws. All uniforms of the call, [max_new_tokens, total_rows], are drawn up front; row r
+    uses column row_offset + r. So a call is reproducible, compaction does not change what a row samples, and with
+    data parallelism (each rank one share of a global batch: row_offset = its first global row, total_rows = the
+    global row count, the same generator seed everywhere) every row samples what it would in one big call.
     compact_every: drop finished rows from the batch once more than this fraction of it has finished (0 = at every
     finished row). Only speed depends on it: finished rows left in the batch compute junk that is never stored,
     while each compaction copies the cache. 0.5 was fastest for 4 x 8 rows of SmolLM2 on the 2-core CPU.
@@ -192,6 +195,9 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(
     keys[:, :Tp].masked_fill_(prompt_mask[rows], 0.0)
     positions = prompt_mask[rows].sum(-1)                                         # [N] position of the next token
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    total_rows = total_rows or N
+    uniforms = None if params.temperature == 0 else torch.rand(
+        T_new, total_rows, generator=generator, dtype=torch.float64, device=device)[:, row_offset:row_offset + N]
     step = _decode_step
     if compile:
         cache.static, compact_every = True, float("inf")
@@ -204,10 +210,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(
     slot_row = torch.arange(N, device=device)                                    # batch slot -> output row
     alive = torch.ones(N, dtype=torch.bool, device=device)                       # slot still generating
     for t in range(T_new):
-        # One draw per output row and step, whichever rows are still in the batch: a row's samples do not depend
-        # on how (or whether) the batch was compacted.
-        u = None if params.temperature == 0 else \
-            torch.rand(N, generator=generator, dtype=torch.float64, device=device)[slot_row]
+        u = None if uniforms is None else uniforms[t, slot_row]                    # [B]
         tok, lp = sample_next(logits, params, vocab_size, u)                      # [B], [B]
         rows_t = slot_row[alive]
         tokens[rows_t, t], logprobs[rows_t, t], gen_mask[rows_t, t] = tok[alive], lp[alive], True

@@ -98,10 +98,9 @@ def micro_batches(examples: list[Tokenized], rows_per_batch: int, packed: bool, 
 
 def sft_loss(model, batch: Batch, normalizer: int, vocab_size: int | None = None) -> torch.Tensor:
     """This micro-batch's share of the step loss: summed cross-entropy of its targets / the step's target count."""
-    device = model.device
-    hidden = model(batch.ids.to(device), attention_mask=batch.attention.to(device), positions=batch.positions.to(device),
-                   return_hidden=True)                                                 # [B, T, H]
-    logits = model.lm_head(hidden[batch.rows.to(device), batch.cols.to(device)]).float()  # [N, V]
+    device = next(model.parameters()).device
+    logits = model(batch.ids.to(device), attention_mask=batch.attention.to(device), positions=batch.positions.to(device),
+                   keep=(batch.rows.to(device), batch.cols.to(device))).float()         # [N, V]
     if vocab_size is not None and vocab_size < logits.shape[-1]:  # padded embedding rows are never targets
         logits = logits.masked_fill(torch.arange(logits.shape[-1], device=device) >= vocab_size, float("-inf"))
     return F.cross_entropy(logits, batch.targets.to(device), reduction="sum") / max(normalizer, 1)

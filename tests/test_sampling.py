@@ -179,3 +179,14 @@ def test_compiled_decode_matches_eager():
     a = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), **kw)
     b = generate(model, prompts_of([3, 6]), params, generator=torch.Generator().manual_seed(4), compile=True, **kw)
     assert torch.equal(a.tokens, b.tokens) and (a.logprobs - b.logprobs).abs().max() <= 1e-4
+
+
+def test_rows_of_a_split_batch_sample_what_one_call_would():
+    """Data parallelism: each rank generates its share of the global batch with row_offset / total_rows."""
+    model = load("llama")
+    prompts = prompts_of([4, 7, 5, 3])
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    whole = generate(model, prompts, params, stop_ids={7}, group_size=2, generator=torch.Generator().manual_seed(5))
+    halves = [generate(model, prompts[2 * k:2 * k + 2], params, stop_ids={7}, group_size=2,
+                       generator=torch.Generator().manual_seed(5), row_offset=4 * k, total_rows=8) for k in (0, 1)]
+    assert torch.equal(torch.cat([h.tokens for h in halves]), whole.tokens)
