@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--init", help="HF-layout checkpoint to start from (default: packaged SmolLM2-135M-Instruct)")
     g.add_argument("--ref", help="reference model of the KL term (default: the --init checkpoint)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast over fp32 weights (GPU): bf16 matmuls, fp32 "
+                   "master weights and optimizer; log-softmax stays fp32 either way")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward: less memory")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (shard parameters, gradients and "
@@ -176,8 +178,10 @@ def main(argv=None):
     evals = {e["step"]: e for e in run.read_log("eval.jsonl")} if d.main else {}
     evals = distributed.gather(evals, d)[0]
 
+    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)  # noqa: E731
+
     def held_out_eval(step):
-        with distributed.full_weights(model, d, args.fsdp):
+        with distributed.full_weights(model, d, args.fsdp), amp():
             e = {"step": step, **evaluate(policy, tok, held_out, held_prompts, reward, args.max_new_tokens, d)}
         run.log(e, "eval.jsonl")
         return e
@@ -192,7 +196,7 @@ def main(argv=None):
         # ---- rollout: G samples per prompt at the training temperature; each rank samples its share of the prompts
         batch = distributed.shard(next(sampler), d)
         n_rows = len(batch) * G
-        with distributed.full_weights(model, d, args.fsdp):
+        with distributed.full_weights(model, d, args.fsdp), amp():
             rollout = generate(policy, [train_ids[ex.id] for ex in batch],
                                SamplingParams(args.max_new_tokens, args.temperature), tok.stop_ids, tok.vocab_size,
                                group_size=G, generator=gen, pad_id=tok.pad_id, row_offset=d.rank * n_rows,
@@ -216,7 +220,7 @@ def main(argv=None):
         t2 = time.perf_counter()
         # ---- frozen log-probs: the reference's (KL) and, when a rollout is reused, the policy's own before updating
         ref_logp, old_logp = {}, {}
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             if ref is not None:
                 ref.to(device)
                 for k, rows in enumerate(mbs):
@@ -235,7 +239,8 @@ def main(argv=None):
             sums = {}
             for k, rows in enumerate(mbs):
                 with distributed.gradient_sync(model, d, args.fsdp, sync=k == len(mbs) - 1):
-                    logp, ent, tc = rows_logprobs(model, rollout, rows, G, args.temperature, tok.vocab_size, True)
+                    with amp():
+                        logp, ent, tc = rows_logprobs(model, rollout, rows, G, args.temperature, tok.vocab_size, True)
                     w = weights[rows, :tc]
                     loss, st = policy_loss(logp, old_logp.get(k, logp.detach()), adv[rows], w, args.epsilon_low,
                                            args.epsilon_high, ref_logp.get(k), args.beta, args.kl_estimator)

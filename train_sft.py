@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = ap.add_argument_group("model")
     g.add_argument("--init", help="HF-layout checkpoint to start from (default: packaged SmolLM2-135M-Instruct)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast over fp32 weights (GPU)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward: less memory")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
@@ -130,7 +131,8 @@ def main(argv=None):
         for k, rows in enumerate(mbs):
             batch = make_batch(rows, tok.pad_id)
             with distributed.gradient_sync(model, d, args.fsdp, sync=k == len(mbs) - 1):
-                loss = sft_loss(model, batch, counts["targets"], tok.vocab_size)  # a share of the step loss
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    loss = sft_loss(model, batch, counts["targets"], tok.vocab_size)  # a share of the step loss
                 (loss * d.loss_scale).backward()
             local["loss"] += loss.item()
             local["rows"] += batch.ids.shape[0]

@@ -71,8 +71,10 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch: int, max_len: int) -> "KVCache":
-        c = model.config
-        return cls(c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim, model.dtype, model.device)
+        """Sized for `model`, in the dtype its keys/values come out in (the autocast dtype under autocast)."""
+        c, device = model.config, model.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else model.dtype
+        return cls(c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim, dtype, device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.shape[2]                                            # k, v: [B, Hkv, T, D]
