@@ -15,11 +15,34 @@ from contextlib import nullcontext
 import torch
 
 from rlsr.assets import default_policy_path
-from rlsr.model import Transformer
+from rlsr.model import ModelConfig, Transformer
 from rlsr.sampling import SamplingParams, generate
 from rlsr.tokenizer import Tokenizer
 
 PROMPT = "Give three tips for staying healthy."
+
+
+# Dense peak TFLOP/s by GPU name and dtype (vendor data sheets, no sparsity); other devices: pass --peak-tflops.
+PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0},
+               "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0},
+               "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}}
+
+
+def peak_flops(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        for key, table in PEAK_TFLOPS.items():
+            if key in name:
+                return table[args.dtype] * 1e12
+    return None
+
+
+def report_flops(flops_per_s: float, args):
+    peak = peak_flops(args)
+    mfu = f"{100 * flops_per_s / peak:.1f}% of {peak / 1e12:g} TFLOP/s" if peak else "n/a (pass --peak-tflops)"
+    print(f"model FLOP/s {flops_per_s / 1e12:.3f} TFLOP/s, MFU {mfu}")
 
 
 def load_policy(args):
@@ -62,6 +85,7 @@ def bench_sample(args):
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     print(f"sample rows={args.rows} new_tokens={args.new_tokens} dtype={args.dtype} device={model.device} "
           f"runs={[round(x, 1) for x in rates]}")
+    report_flops(statistics.median(rates) * model.config.flops_per_token(), args)  # decode FLOPs (the prefill is one prompt)
     print(f"tokens_per_s={statistics.median(rates):.1f}")
 
 
@@ -98,6 +122,12 @@ def bench_rlsr_step(args):
         print(f"{part}: median {statistics.median(m[part] for m in timed):.2f} s")
     print(f"steps={[round(m['step_time'], 2) for m in metrics]} completion tokens/step "
           f"{statistics.median(m['completions/mean_length'] for m in timed) * args.prompts * args.group:.0f}")
+    # Matmul FLOPs of a step: sampling (prefill + one forward per generated token), the reference's forward over the
+    # packed groups (prompt once + completions) when beta > 0, and the policy's forward + backward (3x) over them.
+    fpt = ModelConfig.from_file(Path(args.model or default_policy_path()) / "config.json").flops_per_token()
+    flops = [fpt * (m["prompt_tokens"] + n) * (1 + (args.beta > 0) + 3) for m in timed
+             for n in [m["completions/mean_length"] * args.prompts * args.group]]
+    report_flops(statistics.median(f / m["step_time"] for f, m in zip(flops, timed)), args)
     print(f"s_per_step={statistics.median(m['step_time'] for m in timed):.2f}")
 
 
@@ -112,6 +142,7 @@ def main():
     common.add_argument("--profile", action="store_true", help="print the top operators of the first timed run")
     common.add_argument("--compile", action="store_true", help="torch.compile'd static-shape decode step "
                         "(CUDA graphs on a GPU; slow to compile and no faster on a CPU)")
+    common.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU figure (known GPUs: automatic)")
     s = sub.add_parser("sample", parents=[common], help="sampling throughput, one chat prompt, stop tokens ignored")
     s.add_argument("--rows", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=128)

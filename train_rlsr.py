@@ -254,7 +254,9 @@ def main(argv=None):
         t4 = time.perf_counter()
 
         # ---- metrics over the whole step (all ranks), TRL's names where TRL has one, and reward-hacking monitors
-        sums = distributed.all_reduce({**sums, **{k: v * n_rows for k, v in reward_stats.items()}}, d)
+        sums = distributed.all_reduce({**sums, **{k: v * n_rows for k, v in reward_stats.items()},
+                                       "prompt_tokens": rollout.prompt_mask[::G].sum().item()}, d)
+        prompt_tokens = sums.pop("prompt_tokens")  # once per prompt: prefilled once, and held once per packed group
         all_lengths = torch.tensor([n for part in everything for n in part[1]], dtype=torch.float32)
         stopped = torch.tensor([f == "stop" for part in everything for f in part[2]])
         all_texts, all_refs = [t for part in everything for t in part[3]], [r for part in everything for r in part[4]]
@@ -268,6 +270,7 @@ def main(argv=None):
              "monitor/length_reward_corr": pearson(all_lengths.tolist(), all_rewards.tolist()),
              "monitor/distinct_2": distinct_n(all_texts, 2),
              "monitor/copy_fraction_4gram": sum(map(copy_fraction, all_texts, all_refs)) / len(all_texts),
+             "prompt_tokens": prompt_tokens,
              "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
              "step_time": t4 - t0, "tokens_per_s": all_lengths.sum().item() / (t4 - t0), "time/rollout": t1 - t0,
              "time/reward": t2 - t1, "time/frozen_logprobs": t3 - t2, "time/update": t4 - t3}

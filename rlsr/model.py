@@ -98,6 +98,13 @@ class ModelConfig:
             hf=dict(hf),
         )
 
+    def flops_per_token(self) -> int:
+        """Matmul FLOPs of one token's forward pass: 2 x the weights it multiplies with (the lm_head included, the
+        embedding lookup not; attention scores are left out: small at the lengths RLSR uses). Backward costs 2x."""
+        attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return 2 * (self.num_hidden_layers * (attn + mlp) + self.hidden_size * self.vocab_size)
+
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
