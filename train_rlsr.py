@@ -17,8 +17,7 @@ import torch
 from tqdm import tqdm
 
 from rlsr.assets import default_encoder_path, default_policy_path
-from rlsr.checkpoint import atomic_dir
-from rlsr.data import PromptSampler, load_dataset
+from rlsr.data import PromptSampler, chat_prompts, load_dataset
 from rlsr.encoder import Encoder
 from rlsr import distributed
 from rlsr.grpo import AGGREGATIONS, KL_ESTIMATORS, SCALES, group_advantages, policy_loss, token_counts, token_weights
@@ -26,7 +25,7 @@ from rlsr.logprobs import completion_logprobs
 from rlsr.metrics import copy_fraction, distinct_n, format_ci, paired_bootstrap_ci, pearson
 from rlsr.model import Transformer
 from rlsr.reward import SimilarityReward
-from rlsr.run import Run, adamw_with_warmup, open_run, save_model
+from rlsr.run import adamw_with_warmup, open_run
 from rlsr.sampling import SamplingParams, complete, generate
 from rlsr.tokenizer import Tokenizer
 
@@ -150,12 +149,11 @@ def main(argv=None):
 
     # ---- data: chat-formatted prompt ids; over-long prompts are left out, and said so
     def prepare(examples, what):
-        ids = [tok.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True) for ex in examples]
-        keep = [i for i, p in enumerate(ids) if len(p) <= args.max_prompt_tokens]
-        if len(keep) < len(examples):
-            say(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
+        kept, ids = chat_prompts(tok, examples, args.max_prompt_tokens)
+        if len(kept) < len(examples):
+            say(f"{what}: left out {len(examples) - len(kept)} of {len(examples)} prompts longer than "
                 f"{args.max_prompt_tokens} tokens")
-        return [examples[i] for i in keep], {examples[i].id: ids[i] for i in keep}
+        return kept, ids
     train, train_ids = prepare(load_dataset(args.data, args.train_split), "train")
     held_out = [] if args.no_eval else load_dataset(args.eval_data or args.data, args.eval_split)
     held_out, held_ids = prepare(held_out[:args.eval_prompts or None], "eval")
@@ -288,15 +286,11 @@ def main(argv=None):
             if d.main:
                 tqdm.write(f"step {step}: held-out reward {e['reward']:.4f}")
         if step % args.save_every == 0 or step == args.steps:
-            state = Run.trainer_state(step, distributed.full_optimizer_state(model, optimizer, d), scheduler, sampler, gen)
-            run.save_checkpoint(step, policy, tok, state, distributed.full_state_dict(model, d))
+            run.checkpoint(step, model, policy, tok, optimizer, scheduler, sampler, d, gen)
     bar.close()
 
     # ---- the end: the final weights, and the held-out evaluation paired with the one at the start
-    weights_now = distributed.full_state_dict(model, d)
-    if d.main:
-        with atomic_dir(run.path / "final") as tmp:
-            save_model(tmp, policy, tok, run.settings, weights_now)
+    run.save_final(model, policy, tok, d)
     if not args.no_eval:
         if args.steps not in evals:
             evals[args.steps] = held_out_eval(args.steps)

@@ -19,10 +19,9 @@ from tqdm import tqdm
 
 from rlsr import distributed
 from rlsr.assets import default_policy_path
-from rlsr.checkpoint import atomic_dir
-from rlsr.data import PromptSampler, load_dataset
+from rlsr.data import PromptSampler, chat_prompts, load_dataset
 from rlsr.model import Transformer
-from rlsr.run import Run, adamw_with_warmup, open_run, save_model
+from rlsr.run import adamw_with_warmup, open_run
 from rlsr.sft import make_batch, micro_batches, sft_loss, tokenize_example
 from rlsr.tokenizer import Tokenizer
 
@@ -90,8 +89,7 @@ def main(argv=None):
     model = distributed.wrap(policy, d, args.fsdp)
 
     def prepare(examples, what):
-        keep = [ex for ex in examples if len(tok.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True))
-                <= args.max_prompt_tokens]
+        keep, _ = chat_prompts(tok, examples, args.max_prompt_tokens)
         if len(keep) < len(examples):
             say(f"{what}: left out {len(examples) - len(keep)} of {len(examples)} prompts longer than "
                 f"{args.max_prompt_tokens} tokens")
@@ -156,14 +154,10 @@ def main(argv=None):
             if d.main:
                 tqdm.write(f"step {step}: held-out loss {e['loss']:.4f}")
         if step % args.save_every == 0 or step == args.steps:
-            state = Run.trainer_state(step, distributed.full_optimizer_state(model, optimizer, d), scheduler, sampler)
-            run.save_checkpoint(step, policy, tok, state, distributed.full_state_dict(model, d))
+            run.checkpoint(step, model, policy, tok, optimizer, scheduler, sampler, d)
     bar.close()
 
-    weights_now = distributed.full_state_dict(model, d)
-    if d.main:
-        with atomic_dir(run.path / "final") as tmp:
-            save_model(tmp, policy, tok, run.settings, weights_now)
+    run.save_final(model, policy, tok, d)
     if args.steps not in evals:
         evals[args.steps] = {"step": args.steps, "loss": held_out_loss(model, held_tok, args, tok.vocab_size, d)}
         run.log(evals[args.steps], "eval.jsonl")

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 INDEX = "model.safetensors.index.json"
 
 
-def _shard_files(path: Path) -> dict[str, Path]:
+def shard_files(path: Path) -> dict[str, Path]:
     """tensor name -> file holding it."""
     if (path / INDEX).exists():
         index = json.loads((path / INDEX).read_text())
@@ -43,7 +43,7 @@ def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], opti
     may be present or absent and are returned when present.
     """
     path = Path(path)
-    where = _shard_files(path)
+    where = shard_files(path)
     missing = sorted(set(expected) - set(where))
     if missing:
         raise ValueError(f"{path}: checkpoint is missing tensor {missing[0]!r}"

@@ -205,6 +205,14 @@ def load_dataset(name_or_path: str, split: str | None = None) -> list[Example]:
     return load_jsonl(path)
 
 
+def chat_prompts(tokenizer, examples: list[Example], max_tokens: int) -> tuple[list[Example], dict[str, list[int]]]:
+    """The examples whose chat-formatted prompt (generation prompt added) fits max_tokens, and those prompts' ids
+    by example id. Callers report how many were left out; nothing else is dropped anywhere."""
+    ids = {ex.id: tokenizer.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True) for ex in examples}
+    kept = [ex for ex in examples if len(ids[ex.id]) <= max_tokens]
+    return kept, {ex.id: ids[ex.id] for ex in kept}
+
+
 class PromptSampler:
     """Endless batches of `batch_size` examples, reshuffled every epoch, resumable exactly.
 

@@ -28,9 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 
-from rlsr.checkpoint import _shard_files, load_safetensors_dir
+from rlsr.checkpoint import shard_files, load_safetensors_dir
 from rlsr.model import ModelConfig, Transformer
-from rlsr.tokenizer import _read_json, _token_str
+from rlsr.tokenizer import read_json, token_str
 
 # Single-mode pooling configs sentence-transformers writes: legacy booleans, or (newer) a `pooling_mode` string.
 POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
@@ -130,7 +130,7 @@ class Bert(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype | None = None, device=None) -> "Bert":
-        cfg = BertConfig.from_hf(_read_json(path / "config.json"), str(path / "config.json"))
+        cfg = BertConfig.from_hf(read_json(path / "config.json"), str(path / "config.json"))
         with torch.device("meta"):
             model = cls(cfg)
         expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -149,7 +149,7 @@ def load_decoder(path: Path, dtype: torch.dtype | None = None, device=None) -> T
     cfg = replace(ModelConfig.from_file(path / "config.json"), tie_word_embeddings=True)
     with torch.device("meta"):
         model = Transformer(cfg)
-    prefix = "model." if any(k.startswith("model.") for k in _shard_files(path)) else ""
+    prefix = "model." if any(k.startswith("model.") for k in shard_files(path)) else ""
     expected = {prefix + k: v.shape for k, v in model.model.state_dict().items()}
     tensors = load_safetensors_dir(path, expected, optional={"lm_head.weight", prefix + "rotary_emb.inv_freq"},
                                    dtype=dtype, device=device)
@@ -159,7 +159,7 @@ def load_decoder(path: Path, dtype: torch.dtype | None = None, device=None) -> T
 
 
 def _pooling_mode(path: Path) -> str:
-    cfg = _read_json(path)
+    cfg = read_json(path)
     mode = cfg.get("pooling_mode") or [m for key, m in POOLING_KEYS.items() if cfg.get(key)] or "mean"
     modes = [mode] if isinstance(mode, str) else list(mode)
     if modes not in (["mean"], ["lasttoken"]):
@@ -191,10 +191,10 @@ class Encoder(nn.Module):
                              "(Transformer, Pooling and optionally Normalize)")
         pooling = _pooling_mode(path / modules["Pooling"]["path"] / "config.json")
         root = path / modules["Transformer"]["path"]
-        st = _read_json(root / "sentence_bert_config.json")
+        st = read_json(root / "sentence_bert_config.json")
         tk = HFTokenizer.from_file(str(root / "tokenizer.json"))
         tk.no_padding()  # we pad each batch ourselves
-        if _read_json(root / "config.json").get("model_type") == "bert":
+        if read_json(root / "config.json").get("model_type") == "bert":
             model, end_id = Bert.from_pretrained(root, dtype, device), None
             n_pos = model.config.max_position_embeddings
             max_len = min(st.get("max_seq_length") or n_pos, n_pos)
@@ -204,7 +204,7 @@ class Encoder(nn.Module):
             max_len = st.get("max_seq_length") or model.config.max_position_embeddings
             tk.no_truncation()  # we truncate ourselves, to keep the appended end token
             # Qwen3-Embedding's tokenizer appends <|endoftext|> (not its eos, <|im_end|>); fall back to the eos.
-            eos = _token_str(_read_json(root / "tokenizer_config.json").get("eos_token"))
+            eos = token_str(read_json(root / "tokenizer_config.json").get("eos_token"))
             end_id = next((i for i in map(tk.token_to_id, filter(None, ["<|endoftext|>", eos])) if i is not None), None)
             if end_id is None:
                 raise ValueError(f"{root}: the tokenizer has neither <|endoftext|> nor an eos_token to end texts with")

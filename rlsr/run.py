@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlsr import distributed
 from rlsr.checkpoint import atomic_dir, write_json
 
 
@@ -136,10 +137,20 @@ class Run:
         latest = self.ckpt_dir / "LATEST"
         return self.ckpt_dir / latest.read_text().strip() if latest.exists() else None
 
-    @staticmethod
-    def trainer_state(step: int, optimizer_state: dict, scheduler, sampler, *generators: torch.Generator) -> dict:
-        return {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
+    def checkpoint(self, step: int, model, policy, tokenizer, optimizer, scheduler, sampler, d,
+                   *generators: torch.Generator):
+        """Every rank calls this (gathering FSDP shards is collective); the writer rank writes.
+        model: what trains (DDP / FSDP2 / the policy itself); policy: the underlying Transformer."""
+        state = {"step": step, "optimizer": distributed.full_optimizer_state(model, optimizer, d),
+                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
+        self.save_checkpoint(step, policy, tokenizer, state, distributed.full_state_dict(model, d))
+
+    def save_final(self, model, policy, tokenizer, d):
+        """The last weights in HF layout at RUN_DIR/final (collective, like `checkpoint`)."""
+        weights = distributed.full_state_dict(model, d)
+        if self.writer:
+            with atomic_dir(self.path / "final") as tmp:
+                save_model(tmp, policy, tokenizer, self.settings, weights)
 
     def restore(self, ckpt: Path | None, load_optimizer, scheduler, sampler, *generators: torch.Generator) -> int:
         """Load a checkpoint's trainer state (the weights are loaded from `ckpt` by the caller); drop later logs.

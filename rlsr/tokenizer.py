@@ -60,12 +60,12 @@ def compile_template(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
-def _token_str(tok) -> str | None:
+def token_str(tok) -> str | None:
     """tokenizer_config.json writes special tokens as strings or as AddedToken dicts."""
     return tok.get("content") if isinstance(tok, dict) else tok
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
@@ -108,17 +108,17 @@ class Tokenizer:
         if not (path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{path}: no tokenizer.json")
         tk = HFTokenizer.from_file(str(path / "tokenizer.json"))
-        tcfg = _read_json(path / "tokenizer_config.json")
+        tcfg = read_json(path / "tokenizer_config.json")
         template = tcfg.get("chat_template")
         if isinstance(template, list):  # named templates: use "default"
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         if (path / "chat_template.jinja").exists():  # transformers >= 4.43 writes the template to its own file
             template = (path / "chat_template.jinja").read_text()
         template = chat_template or template
-        special = {k: _token_str(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        special = {k: token_str(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
         # Stop ids: eos of config.json, generation_config.json and the tokenizer (Qwen base vs instruct disagree).
-        stop = _ids(_read_json(path / "config.json").get("eos_token_id"))
-        stop |= _ids(_read_json(path / "generation_config.json").get("eos_token_id"))
+        stop = _ids(read_json(path / "config.json").get("eos_token_id"))
+        stop |= _ids(read_json(path / "generation_config.json").get("eos_token_id"))
         return cls(tk, template, special, stop, tcfg)
 
     def save_pretrained(self, path: str | Path):
