@@ -3,7 +3,7 @@
     python train_rlsr.py                              # the embedded default: SmolLM2-135M-Instruct on AlpacaEval's
                                                       # train split, MiniLM reward; ~11 min on 2 CPU cores
     python train_rlsr.py --init runs/sft/final        # SFT -> RLSR: start from any HF-layout checkpoint
-    python train_rlsr.py --resume runs/rlsr-default   # continue a killed run exactly where its last checkpoint was
+    python train_rlsr.py --resume runs/rlsr           # continue a killed run exactly where its last checkpoint was
 
 One step, top to bottom: P prompts -> G completions each (rlsr/sampling.py) -> rewards cos(E(y), E(y*))
 (rlsr/reward.py) -> group advantages (rlsr/grpo.py) -> [old log-probs, only when a rollout is reused] ->
@@ -16,10 +16,10 @@ import time
 import torch
 from tqdm import tqdm
 
+from rlsr import distributed
 from rlsr.assets import default_encoder_path, default_policy_path
 from rlsr.data import PromptSampler, chat_prompts, load_dataset
 from rlsr.encoder import Encoder
-from rlsr import distributed
 from rlsr.grpo import AGGREGATIONS, KL_ESTIMATORS, SCALES, group_advantages, policy_loss, token_counts, token_weights
 from rlsr.logprobs import completion_logprobs
 from rlsr.metrics import copy_fraction, distinct_n, format_ci, paired_bootstrap_ci, pearson
@@ -249,6 +249,7 @@ def main(argv=None):
             grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
             optimizer.step()
             scheduler.step()
+        optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
         t4 = time.perf_counter()
 
         # ---- metrics over the whole step (all ranks), TRL's names where TRL has one, and reward-hacking monitors

@@ -7,7 +7,8 @@ How a call runs
    (row r belongs to prompt r // G: `repeat_interleave` layout, asserted by the tests).
 3. Decode one token per step for all unfinished rows. A row stops after it samples any stop id (the stop token is
    kept as its last completion token, log-prob and mask included, so the loss trains it) or after max_new_tokens.
-   Finished rows are dropped from the batch (cache rows compacted), so later steps cost only what is still running.
+   Once enough rows have finished they are dropped from the batch (cache rows compacted), so later steps cost
+   little more than what is still running.
 
 Log-probs returned are those of the tempered distribution softmax(logits / T) over the real vocabulary, computed by
 rlsr.logprobs.scaled_log_softmax exactly as the trainer computes them; ids past the tokenizer's vocabulary (padded
