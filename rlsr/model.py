@@ -330,7 +330,10 @@ class Transformer(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         if keep is not None:
-            x = x[keep[0], keep[1]]                                                  # [N, hidden]
+            # index_select, not x[rows, cols]: a position kept twice (a shared prompt's last token predicts every
+            # completion's first) gets its gradients summed in a fixed order; advanced indexing's backward adds them
+            # with CPU atomics, in an order that changes from run to run.
+            x = x.flatten(0, 1).index_select(0, keep[0] * x.shape[1] + keep[1])     # [N, hidden]
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)                                # [B, T', vocab]
 
