@@ -183,3 +183,22 @@ def test_hidden_states_and_logits_to_keep():
     assert torch.allclose(last2, full[:, -2:], atol=1e-6)
     assert hidden.shape == (2, 6, 64)
     assert torch.allclose(hidden @ model.lm_head.weight.T, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 65])
+@pytest.mark.parametrize("out_features", [96, 100])
+def test_few_row_linear_equals_f_linear(rows, out_features):
+    """The blocked few-row product (rows <= 64, N a multiple of 32) and its fallbacks, with bias and gradients."""
+    from rlsr.model import Linear
+    torch.manual_seed(0)
+    lin = Linear(48, out_features, bias=True)
+    x = torch.randn(rows, 1, 48, requires_grad=True)
+    y = lin(x)
+    ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    assert y.shape == ref.shape == (rows, 1, out_features) and y.is_contiguous()
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, lin.weight, lin.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, lin.weight, lin.bias), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
