@@ -124,9 +124,9 @@ class Linear(nn.Linear):
     For a handful of rows MKL's x @ W^T streams W far below memory bandwidth (2-core CPU, fp32, 8 rows: ~5 GB/s of
     the ~25 GB/s a plain read reaches; 4.3 GB/s on one thread, so it is bound by its own compute, not by memory).
     Viewing W [N, K] as N/32 blocks of 32 output rows (a view, no copy) and multiplying x by every block in one
-    bmm is faster: SmolLM2 decoding on that CPU, tokens/s vs F.linear ~1.45x at 8 rows; vs W @ x^T (which splits the
-    work over W's rows), equal at 8 rows and ~1.2x at 32 rows. Each output is still one K-long dot product; results matched
-    F.linear bit for bit in our measurements (the tests allow summation-order differences).
+    bmm is faster. SmolLM2 decoding on that CPU, tokens/s: ~1.45x F.linear at 8 rows; against W @ x^T (which splits
+    the work over W's rows) equal at 8 rows and ~1.2x at 32 rows. Each output is still one K-long dot product;
+    results matched F.linear bit for bit in our measurements (the tests allow summation-order differences).
     """
 
     block = 32  # output rows per block; 16 and 64 measured no better
