@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FAMILIES, FIXTURES
-from rlsr.model import ModelConfig, Transformer
+from rlsr.model import Linear, ModelConfig, Transformer
 
 
 def load(name, dtype=torch.float32):
@@ -189,7 +189,6 @@ def test_hidden_states_and_logits_to_keep():
 @pytest.mark.parametrize("out_features", [96, 100])
 def test_few_row_linear_equals_f_linear(rows, out_features):
     """The blocked few-row product (rows <= 64, N a multiple of 32) and its fallbacks, with bias and gradients."""
-    from rlsr.model import Linear
     torch.manual_seed(0)
     lin = Linear(48, out_features, bias=True)
     x = torch.randn(rows, 1, 48, requires_grad=True)
