@@ -51,6 +51,7 @@ from rlsr.assets import eval_data_dir
 BUILTIN = ("alpaca_eval",)
 ALPACA_EVAL_FILE = "alpaca_eval/data/alpaca_eval_gpt4_baseline.json"
 IFEVAL_FILE = "ifeval/data/input_data.jsonl"
+ARENA_HARD_DIR = "arena_hard/data/arena-hard-v2.0"  # question.jsonl + model_answer/<baseline>.jsonl
 TEST_FRACTION = 0.2
 ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -189,6 +190,15 @@ def load_ifeval() -> list[dict]:
     """The 541 IFEval records ({key, prompt, instruction_id_list, kwargs}) in file order, for its checkers."""
     lines = (eval_data_dir() / IFEVAL_FILE).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_arena_hard() -> list[dict]:
+    """The 750 Arena-Hard v2.0 questions ({uid, category, subcategory, prompt}) in file order: 500 hard_prompt
+    (coding, math, ...) and 250 creative_writing. No reference answers: Arena-Hard compares against a baseline
+    model's answers (rlsr/arena_hard.py)."""
+    path = eval_data_dir() / ARENA_HARD_DIR / "question.jsonl"
+    # split on "\n" only: prompts hold U+2028 and other characters that str.splitlines() also breaks at
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def load_dataset(name_or_path: str, split: str | None = None) -> list[Example]:
