@@ -11,16 +11,19 @@ F.scaled_dot_product_attention, a SwiGLU MLP. Parameter names are Hugging Face's
 Conventions
 - Tensors are [B, T, ...] at the block boundary and [B, H, T, D] inside attention (SDPA's layout, and the KV
   cache's, so a cache slice feeds SDPA without a transpose).
-- Padding is explicit: `attention_mask` [B, T_past + T] marks real tokens with 1. Positions are counted per row
-  from it, so a left-padded row gets the same positions, hence the same logits, as the row alone. We never use
-  `is_causal=True` together with a cache offset, because SDPA aligns that mask to the top-left corner.
+- The caller says where each token is and what it may see: `positions` [B, T] and an SDPA `mask` [B, 1, T, T_k]
+  (boolean, True = may attend, or additive). rlsr/packing.py builds them for padded and packed rows; without a
+  mask attention is plain causal. We never use `is_causal=True` together with a cache offset, because SDPA
+  aligns that mask to the top-left corner.
 - `kv_cache` is any object with `update(layer_idx, k, v) -> (k_all, v_all)` (see rlsr/sampling.py).
+- Logits cover ids [0, output_vocab): the tokenizer's real vocabulary. Qwen pads the embedding (151,665 tokens in
+  151,936 rows); the padded ids are never sampled, trained or scored because no logit exists for them.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,7 +48,7 @@ class ModelConfig:
     rope_theta: float
     rope_scaling: dict | None        # None, or Llama-3's {"rope_type": "llama3", ...}
     max_position_embeddings: int
-    tie_word_embeddings: bool        # lm_head shares the embedding matrix
+    tie_word_embeddings: bool        # lm_head shares the embedding matrix (transformers' default: False)
     qkv_bias: bool                   # bias on q/k/v projections (Qwen2: yes)
     o_bias: bool                     # bias on the output projection (Llama `attention_bias` only)
     mlp_bias: bool
@@ -90,20 +93,13 @@ class ModelConfig:
             rope_theta=float(theta),
             rope_scaling=scaling,
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", family != "qwen2")),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if family == "qwen2" else attention_bias,
             o_bias=attention_bias if family == "llama" else False,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             qk_norm=family == "qwen3",
             hf=dict(hf),
         )
-
-    def flops_per_token(self) -> int:
-        """Matmul FLOPs of one token's forward pass: 2 x the weights it multiplies with (the lm_head included, the
-        embedding lookup not; attention scores are left out: small at the lengths RLSR uses). Backward costs 2x."""
-        attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        return 2 * (self.num_hidden_layers * (attn + mlp) + self.hidden_size * self.vocab_size)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
@@ -116,29 +112,6 @@ class ModelConfig:
             return cls.from_hf(hf, str(path))
         except KeyError as e:
             raise ValueError(f"{path}: required field {e.args[0]!r} is missing") from None
-
-
-class Linear(nn.Linear):
-    """nn.Linear that computes few-row products (decoding on CPU) as a batch of narrow products.
-
-    For a handful of rows MKL's x @ W^T streams W far below memory bandwidth (2-core CPU, fp32, 8 rows: ~5 GB/s of
-    the ~25 GB/s a plain read reaches; 4.3 GB/s on one thread, so it is bound by its own compute, not by memory).
-    Viewing W [N, K] as N/32 blocks of 32 output rows (a view, no copy) and multiplying x by every block in one
-    bmm is faster. SmolLM2 decoding on that CPU, tokens/s: ~1.45x F.linear at 8 rows; against W @ x^T (which splits
-    the work over W's rows) equal at 8 rows and ~1.2x at 32 rows. Each output is still one K-long dot product;
-    results matched F.linear bit for bit in our measurements (the tests allow summation-order differences).
-    """
-
-    block = 32  # output rows per block; 16 and 64 measured no better
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, (n, k) = x.numel() // x.shape[-1], self.weight.shape
-        if x.device.type != "cpu" or rows > 64 or n % self.block:
-            return F.linear(x, self.weight, self.bias)
-        w = self.weight.view(n // self.block, self.block, k).transpose(1, 2)  # [N/32, K, 32], a view
-        y = torch.matmul(x.reshape(rows, k), w)                               # [N/32, rows, 32]
-        y = y.transpose(0, 1).reshape(*x.shape[:-1], n)                       # [..., N], contiguous
-        return y if self.bias is None else y + self.bias
 
 
 class RMSNorm(nn.Module):
@@ -195,10 +168,10 @@ class Attention(nn.Module):
         if self.n_heads % self.n_kv:
             raise ValueError(f"num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads {self.n_kv}")
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
-        self.k_proj = Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
-        self.v_proj = Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
-        self.o_proj = Linear(self.n_heads * hd, d, bias=cfg.o_bias)
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
@@ -222,9 +195,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -254,78 +227,29 @@ class Decoder(nn.Module):
         self.rotary_emb = RotaryEmbedding(cfg)
 
 
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] 1/0 mask -> [B, T] positions counting real tokens only (pads get 0; their outputs are unused)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def causal_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
-    """Boolean SDPA mask [B, 1, q_len, T_k] from a [B, T_k] padding mask whose last q_len columns are the queries.
-
-    Query i (absolute column T_k - q_len + i) may see key j when j <= that column and key j is real. A pad query
-    would see nothing and SDPA would return NaN, so every query also sees itself; pad outputs are never used.
-    """
-    B, Tk = attention_mask.shape
-    q_abs = torch.arange(Tk - q_len, Tk, device=attention_mask.device)                # [Tq]
-    k_abs = torch.arange(Tk, device=attention_mask.device)                            # [Tk]
-    causal = k_abs[None, :] <= q_abs[:, None]                                         # [Tq, Tk]
-    mask = causal[None] & attention_mask.bool()[:, None, :]                           # [B, Tq, Tk]
-    mask |= k_abs[None, None, :] == q_abs[None, :, None]
-    return mask[:, None]                                                              # [B, 1, Tq, Tk]
-
-
-def segment_mask(segments: torch.Tensor) -> torch.Tensor:
-    """Boolean SDPA mask [B, 1, T, T] for rows that pack several sequences (packing, shared prompts).
-
-    segments [B, T]: -1 for padding, 0 for a prefix every later token may see (a shared prompt), s > 0 for the
-    tokens of sequence s. Query q sees key k <= q when k is real and is in q's own sequence or in the prefix.
-    Pads see only themselves (their outputs are unused; a row with no visible key would make SDPA return NaN).
-    """
-    T = segments.shape[1]
-    idx = torch.arange(T, device=segments.device)
-    seg_q, seg_k = segments[:, :, None], segments[:, None, :]                        # [B, T, 1], [B, 1, T]
-    mask = (idx[None, None, :] <= idx[None, :, None]) & (seg_k >= 0) & ((seg_k == seg_q) | (seg_k == 0))
-    mask |= torch.eye(T, dtype=torch.bool, device=segments.device)
-    return mask[:, None]                                                              # [B, 1, T, T]
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
+        self.output_vocab = cfg.vocab_size   # set to the tokenizer's size when the embedding is padded past it
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv_cache=None, logits_to_keep: int = 0,
-                keep: tuple[torch.Tensor, torch.Tensor] | None = None, return_hidden: bool = False) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, vocab] (or the last `logits_to_keep` positions only).
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              kv_cache=None) -> torch.Tensor:
+        """input_ids [B, T] -> the last block's output [B, T, hidden], before the final norm.
 
-        attention_mask: None (every token real, no cache: plain causal attention), a [B, T_past + T] padding
-        mask (1 = real token; T_past = tokens already in `kv_cache`), or a ready boolean [B, 1, T, T_k] mask
-        (e.g. block-diagonal for packed sequences; then `positions` must be given too).
-        keep: (rows [N], cols [N]): logits [N, vocab] of these positions only (training: the positions that predict
-        a target token), so the vocabulary projection is not computed where it is not needed.
-        return_hidden: return the final-norm hidden states [B, T, hidden] instead of logits.
+        positions [B, T] (default 0..T-1 in every row; required with a kv_cache), mask [B, 1, T, T_k] (default:
+        causal over these T tokens only).
         """
         B, T = input_ids.shape
-        if attention_mask is None:
+        if positions is None:
             if kv_cache is not None:
-                raise ValueError("a kv_cache needs an explicit attention_mask (positions cannot be inferred)")
-            mask = None
-            if positions is None:
-                positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        elif attention_mask.dim() == 2:
-            mask = causal_mask(attention_mask, T)
-            if positions is None:
-                positions = positions_from_mask(attention_mask)[:, -T:]
-        else:
-            mask = attention_mask
-            if positions is None:
-                raise ValueError("a 4-D attention_mask needs explicit positions")
+                raise ValueError("a kv_cache needs explicit positions")
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)                                        # [B, T, hidden]
         cos, sin = self.model.rotary_emb(positions, x.dtype)                          # [B, 1, T, head_dim]
         for block in self.model.layers:
@@ -333,15 +257,23 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, kv_cache)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        if keep is not None:
-            # index_select, not x[rows, cols]: a position kept twice (a shared prompt's last token predicts every
+        return x
+
+    def hidden(self, input_ids, positions=None, mask=None, kv_cache=None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, hidden] (what embedding models pool)."""
+        return self.model.norm(self.trunk(input_ids, positions, mask, kv_cache))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                kv_cache=None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, output_vocab], or [N, output_vocab] at the flat positions `logits_at`
+        [N] (row * T + column; training needs the positions that predict a target only)."""
+        x = self.trunk(input_ids, positions, mask, kv_cache)
+        if logits_at is not None:
+            # index_select, not x[rows, cols]: a position selected twice (a shared prompt's last token predicts every
             # completion's first) gets its gradients summed in a fixed order; advanced indexing's backward adds them
             # with CPU atomics, in an order that changes from run to run.
-            x = x.flatten(0, 1).index_select(0, keep[0] * x.shape[1] + keep[1])     # [N, hidden]
-        x = self.model.norm(x)
-        return x if return_hidden else self.lm_head(x)                                # [B, T', vocab]
+            x = x.flatten(0, 1).index_select(0, logits_at)                            # [N, hidden]
+        return self.lm_head(self.model.norm(x))[..., :self.output_vocab]             # [..., output_vocab]
 
     @property
     def device(self) -> torch.device:
@@ -357,14 +289,19 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> "Transformer":
+                        device: str | torch.device | None = None, output_vocab: int | None = None) -> "Transformer":
         """Load an HF-layout directory (config.json + model.safetensors or a sharded index).
 
-        dtype None keeps the dtype the weights are stored in; device None means CPU.
+        dtype None keeps the dtype the weights are stored in; device None means CPU. output_vocab: the tokenizer's
+        vocabulary size (rlsr.tokenizer.Tokenizer.vocab_size) when the embedding has more rows than real tokens.
+        A config.json without `tie_word_embeddings` is untied, as in transformers, unless the checkpoint stores no
+        lm_head.weight (then the head can only be the embedding).
         """
-        from rlsr.checkpoint import load_safetensors_dir
+        from rlsr.checkpoint import load_safetensors_dir, shard_files
         path = Path(path)
         cfg = ModelConfig.from_file(path / "config.json")
+        if "tie_word_embeddings" not in cfg.hf and "lm_head.weight" not in shard_files(path):
+            cfg = replace(cfg, tie_word_embeddings=True)
         with torch.device("meta"):
             model = cls(cfg)
         expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -377,6 +314,10 @@ class Transformer(nn.Module):
             tensors.pop("lm_head.weight", None)  # some tied checkpoints store a copy; HF ignores it too
         model.load_state_dict(tensors, strict=False, assign=True)
         model.tie_weights()  # `assign` replaced the shared Parameter; share it again
+        if output_vocab is not None:
+            if not 0 < output_vocab <= cfg.vocab_size:
+                raise ValueError(f"{path}: output_vocab {output_vocab} is not in [1, vocab_size {cfg.vocab_size}]")
+            model.output_vocab = output_vocab
         return model.eval()
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 << 30,
@@ -390,7 +331,7 @@ class Transformer(nn.Module):
         sd = state_dict if state_dict is not None else self.state_dict()
         sd = {k: v for k, v in sd.items() if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
         dtype = dtype or next(iter(sd.values())).dtype
-        hf = dict(self.config.hf)
+        hf = dict(self.config.hf, tie_word_embeddings=self.config.tie_word_embeddings)  # explicit: the default differs
         for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # transformers 5 writes `dtype`, 4.x `torch_dtype`
             hf[key] = str(dtype).removeprefix("torch.")
         save_safetensors_dir(path, sd, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)

@@ -2,18 +2,23 @@
 
 How a call runs
 1. Prompts are left-padded to a common length Tp so that every row's next token lands in the same cache column;
-   per-row positions (counting real tokens only) and a key-padding mask make each row exact, as if it were alone.
+   per-row positions (counting real tokens only) and a key-padding mask make each row exact, as if it were alone
+   (rlsr/packing.py).
 2. Prefill: each distinct prompt is run once; its cache rows are then copied into its G sample rows
    (row r belongs to prompt r // G: `repeat_interleave` layout, asserted by the tests).
 3. Decode one token per step for all unfinished rows. A row stops after it samples any stop id (the stop token is
    kept as its last completion token, log-prob and mask included, so the loss trains it) or after max_new_tokens.
    Once enough rows have finished they are dropped from the batch (cache rows compacted), so later steps cost
-   little more than what is still running.
+   little more than what is still running. On the CPU, decoding's few-row products use rlsr/cpu_matmul.py.
 
-Log-probs returned are those of the tempered distribution softmax(logits / T) over the real vocabulary, computed by
-rlsr.logprobs.scaled_log_softmax exactly as the trainer computes them; ids past the tokenizer's vocabulary (padded
-embedding rows) are never sampled. top-k / top-p truncate the distribution that is sampled from but not the one
-that is scored, so use them for evaluation; training rollouts should use plain temperature sampling.
+Randomness is handed in ready-made: `uniforms` [max_new_tokens, N] holds one U[0, 1) draw per step and row, and row
+r samples its token at step t by inverse CDF from uniforms[t, r]. A call is then reproducible, compaction cannot
+change what a row samples, and data-parallel ranks that draw the uniforms of the global batch and keep their own
+rows' columns sample exactly what one process would (`draw_uniforms`).
+
+Log-probs returned are those of the tempered distribution softmax(logits / T), computed by
+rlsr.logprobs.scaled_log_softmax exactly as the trainer computes them (so they also serve as the behaviour
+policy's log-probs for importance-sampling corrections).
 """
 from __future__ import annotations
 
@@ -21,15 +26,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlsr.cpu_matmul import few_row_matmul
 from rlsr.logprobs import scaled_log_softmax
+from rlsr.packing import left_pad, padding_mask, positions_from_mask
 
 
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0     # 0 = greedy
-    top_k: int = 0               # 0 = off
-    top_p: float = 1.0           # 1 = off
     ignore_stop: bool = False    # sample exactly max_new_tokens (benchmarks)
 
 
@@ -49,6 +54,30 @@ class Rollout:
 
     def completions(self) -> list[list[int]]:
         return [row[m].tolist() for row, m in zip(self.tokens, self.mask)]
+
+    @staticmethod
+    def cat(parts: list["Rollout"], pad_id: int = 0) -> "Rollout":
+        """Rows of several rollouts in order (prompts re-padded on the left, completions on the right); prompt_index
+        continues across parts."""
+        def pad(ts, value, left=False):
+            T = max(t.shape[1] for t in ts)
+            return torch.cat([torch.nn.functional.pad(t, (T - t.shape[1], 0) if left else (0, T - t.shape[1]),
+                                                      value=value) for t in ts])
+        offsets, n = [], 0
+        for r in parts:
+            offsets.append(n)
+            n += int(r.prompt_index.max()) + 1 if len(r.prompt_index) else 0
+        return Rollout(pad([r.tokens for r in parts], pad_id), pad([r.logprobs for r in parts], 0.0),
+                       pad([r.mask for r in parts], False), [f for r in parts for f in r.finish_reason],
+                       torch.cat([r.prompt_index + o for r, o in zip(parts, offsets)]),
+                       pad([r.prompt_ids for r in parts], pad_id, left=True),
+                       pad([r.prompt_mask for r in parts], False, left=True))
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        """These rows (indices [K]); prompt_index keeps its values."""
+        return Rollout(self.tokens[rows], self.logprobs[rows], self.mask[rows],
+                       [self.finish_reason[i] for i in rows.tolist()], self.prompt_index[rows],
+                       self.prompt_ids[rows], self.prompt_mask[rows])
 
 
 class KVCache:
@@ -99,7 +128,7 @@ class KVCache:
 
 def _decode_step(model, cache: KVCache, tok: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor):
     """One token per row: tok [B], positions [B], mask [B, 1, 1, T_k] additive -> next-token logits [B, V]."""
-    return model(tok[:, None], attention_mask=mask, positions=positions[:, None], kv_cache=cache)[:, -1]
+    return model(tok[:, None], positions[:, None], mask, kv_cache=cache)[:, -1]
 
 
 _compiled_decode_step = None
@@ -114,141 +143,124 @@ def compiled_decode_step():
     return _compiled_decode_step
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ids [P, Tp] and bool mask [P, Tp], padded on the left."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, T - len(p):] = True
-    return ids.to(device), mask.to(device)
-
-
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (smallest set with probability >= top_p) to -inf. [B, V] -> [B, V]."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]                           # [B, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)               # [B, V]
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p; the first stays
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return logits
-
-
-def sample_next(logits: torch.Tensor, params: SamplingParams, vocab_size: int | None,
-                uniform: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] -> next tokens [B] and their log-probs [B] under softmax(logits / T) on the real vocabulary.
+def sample_next(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> next tokens [B] and their log-probs [B] under softmax(logits / T).
 
     uniform [B]: one U[0, 1) draw per row (unused when greedy). Sampling is by inverse CDF: the token whose CDF interval
-    holds u * total mass. torch.multinomial draws an exponential per vocabulary entry instead, 20x slower here
-    (10 ms per step for 8 rows x 49152 ids). The CDF is summed in fp64 so it does not drift over 150k entries, and
-    right=True never lands on a zero-probability id (its interval is empty).
+    holds u * total mass. (torch.multinomial draws an exponential per vocabulary entry instead: far slower for a
+    150k vocabulary.) The CDF is summed in fp64 so it does not drift over 150k entries, and right=True never lands
+    on a zero-probability id (its interval is empty).
     """
-    logp = scaled_log_softmax(logits, params.temperature, vocab_size)              # [B, V] fp32
+    logp = scaled_log_softmax(logits, params.temperature)                          # [B, V] fp32
     if params.temperature == 0:
         tokens = logp.argmax(-1)
     else:
-        filtered = filter_top_k_top_p(logp, params.top_k, params.top_p) if (params.top_k or params.top_p < 1) else logp
-        cdf = filtered.exp().double().cumsum(-1)                                    # [B, V]
+        cdf = logp.exp().double().cumsum(-1)                                        # [B, V]
         u = uniform.to(torch.float64)[:, None] * cdf[:, -1:]                        # [B, 1]
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def draw_uniforms(generator: torch.Generator | None, max_new_tokens: int, rows: int, device=None) -> torch.Tensor:
+    """The random draws of a sampling call: [max_new_tokens, rows] fp64 in [0, 1), one per step and row."""
+    return torch.rand(max_new_tokens, rows, generator=generator, dtype=torch.float64, device=device)
+
+
 @torch.no_grad()
-def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(), vocab_size: int | None = None,
-             group_size: int = 1, generator: torch.Generator | None = None, pad_id: int = 0,
-             compact_every: float = 0.5, compile: bool = False, row_offset: int = 0,
-             total_rows: int | None = None) -> Rollout:
+def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(), group_size: int = 1,
+             uniforms: torch.Tensor | None = None, pad_id: int = 0, compact_every: float = 0.5,
+             compile: bool = False) -> Rollout:
     """Sample `group_size` completions for each prompt (token id lists). Returns a Rollout of P * group_size rows.
 
-    generator: seeds the draws. All uniforms of the call, [max_new_tokens, total_rows], are drawn up front; row r
-    uses column row_offset + r. So a call is reproducible, compaction does not change what a row samples, and with
-    data parallelism (each rank one share of a global batch: row_offset = its first global row, total_rows = the
-    global row count, the same generator seed everywhere) every row samples what it would in one big call.
+    uniforms [max_new_tokens, P * group_size]: the draws (`draw_uniforms`); required unless greedy (temperature 0).
     compact_every: drop finished rows from the batch once more than this fraction of it has finished (0 = at every
     finished row). Only speed depends on it: finished rows left in the batch compute junk that is never stored,
-    while each compaction copies the cache. 0.5 was fastest for 4 x 8 rows of SmolLM2 on the 2-core CPU.
-    compile: decode with a static-shape cache through torch.compile (CUDA graphs on a GPU). Rows are then never
-    dropped, and T_max is rounded up to a multiple of 256 so that new prompt lengths rarely trigger a recompile.
-    For GPUs: on this project's 2-core CPU, compiling costs minutes and the compiled step is not faster.
+    while each compaction copies the cache.
+    compile: decode with a static-shape cache through torch.compile, with CUDA graphs on a GPU (its launch overhead
+    dominates decoding there). Rows are then never dropped, and T_max is rounded up to a multiple of 256 so that new
+    prompt lengths rarely trigger a recompile. Not worth it on a CPU: compiling takes minutes.
     """
     was_training = model.training
     model.eval()  # no dropout in rollouts (the trainer's log-prob passes use eval mode too)
     device = model.device
     P, G, T_new = len(prompts), group_size, params.max_new_tokens
+    N = P * G
+    if params.temperature > 0 and (uniforms is None or tuple(uniforms.shape) != (T_new, N)):
+        raise ValueError(f"sampling at temperature {params.temperature} needs uniforms of shape [{T_new}, {N}], got "
+                         f"{None if uniforms is None else list(uniforms.shape)}")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)                   # [P, Tp]
     Tp = prompt_ids.shape[1]
     T_max = -(-(Tp + T_new) // 256) * 256 if compile else Tp + T_new
-    cache = KVCache.for_model(model, P, T_max)
-    logits = model(prompt_ids, attention_mask=prompt_mask, kv_cache=cache, logits_to_keep=1)[:, -1]  # [P, V]
-    cache.advance(Tp)
+    with few_row_matmul(model):
+        cache = KVCache.for_model(model, P, T_max)
+        last = torch.arange(P, device=device) * Tp + Tp - 1                          # [P] each prompt's last position
+        logits = model(prompt_ids, positions_from_mask(prompt_mask), padding_mask(prompt_mask), cache,
+                       logits_at=last)                                               # [P, V]
+        cache.advance(Tp)
 
-    rows = torch.arange(P, device=device).repeat_interleave(G)                   # [N] prompt of each row
-    N = P * G
-    cache.select_rows(rows)
-    logits = logits[rows]                                                         # [N, V]
-    # Additive attention bias per row: 0 for real key columns, -inf for left padding and columns not written yet.
-    keys = torch.full((N, T_max), float("-inf"), dtype=model.dtype, device=device)
-    keys[:, :Tp].masked_fill_(prompt_mask[rows], 0.0)
-    positions = prompt_mask[rows].sum(-1)                                         # [N] position of the next token
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    total_rows = total_rows or N
-    uniforms = None if params.temperature == 0 else torch.rand(
-        T_new, total_rows, generator=generator, dtype=torch.float64, device=device)[:, row_offset:row_offset + N]
-    step = _decode_step
-    if compile:
-        cache.static, compact_every = True, float("inf")
-        step = compiled_decode_step()
+        rows = torch.arange(P, device=device).repeat_interleave(G)                   # [N] prompt of each row
+        cache.select_rows(rows)
+        logits = logits[rows]                                                         # [N, V]
+        # Additive attention bias per row: 0 for real key columns, -inf for left padding and columns not written yet.
+        keys = torch.full((N, T_max), float("-inf"), dtype=model.dtype, device=device)
+        keys[:, :Tp].masked_fill_(prompt_mask[rows], 0.0)
+        positions = prompt_mask[rows].sum(-1)                                         # [N] position of the next token
+        stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+        uniforms = None if params.temperature == 0 else uniforms.to(device)
+        step = _decode_step
+        if compile:
+            cache.static, compact_every = True, float("inf")
+            step = compiled_decode_step()
 
-    tokens = torch.full((N, T_new), pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(N, T_new, dtype=torch.float32, device=device)
-    gen_mask = torch.zeros(N, T_new, dtype=torch.bool, device=device)
-    stopped = torch.zeros(N, dtype=torch.bool, device=device)
-    slot_row = torch.arange(N, device=device)                                    # batch slot -> output row
-    alive = torch.ones(N, dtype=torch.bool, device=device)                       # slot still generating
-    for t in range(T_new):
-        u = None if uniforms is None else uniforms[t, slot_row]                    # [B]
-        tok, lp = sample_next(logits, params, vocab_size, u)                      # [B], [B]
-        rows_t = slot_row[alive]
-        tokens[rows_t, t], logprobs[rows_t, t], gen_mask[rows_t, t] = tok[alive], lp[alive], True
-        if not params.ignore_stop:
-            done = alive & torch.isin(tok, stop)
-            stopped[slot_row[done]] = True
-            alive &= ~done
-        if t == T_new - 1 or not alive.any():
-            break
-        if (~alive).sum() > compact_every * len(alive):  # drop finished rows from the batch
-            keep = alive.nonzero().squeeze(-1)
-            slot_row, alive, tok, positions, keys = slot_row[keep], alive[keep], tok[keep], positions[keep], keys[keep]
-            cache.select_rows(keep)
-        keys[:, cache.pos] = 0.0
-        mask = keys[:, None, None, :] if cache.static else keys[:, None, None, :cache.pos + 1]  # [B, 1, 1, T_k]
-        logits = step(model, cache, tok, positions, mask)
-        cache.advance(1)
-        positions = positions + 1
+        tokens = torch.full((N, T_new), pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(N, T_new, dtype=torch.float32, device=device)
+        gen_mask = torch.zeros(N, T_new, dtype=torch.bool, device=device)
+        stopped = torch.zeros(N, dtype=torch.bool, device=device)
+        slot_row = torch.arange(N, device=device)                                    # batch slot -> output row
+        alive = torch.ones(N, dtype=torch.bool, device=device)                       # slot still generating
+        for t in range(T_new):
+            u = None if uniforms is None else uniforms[t, slot_row]                    # [B]
+            tok, lp = sample_next(logits, params, u)                                  # [B], [B]
+            rows_t = slot_row[alive]
+            tokens[rows_t, t], logprobs[rows_t, t], gen_mask[rows_t, t] = tok[alive], lp[alive], True
+            if not params.ignore_stop:
+                done = alive & torch.isin(tok, stop)
+                stopped[slot_row[done]] = True
+                alive &= ~done
+            if t == T_new - 1 or not alive.any():
+                break
+            if (~alive).sum() > compact_every * len(alive):  # drop finished rows from the batch
+                running = alive.nonzero().squeeze(-1)
+                slot_row, alive, tok, positions, keys = (slot_row[running], alive[running], tok[running],
+                                                         positions[running], keys[running])
+                cache.select_rows(running)
+            keys[:, cache.pos] = 0.0
+            mask = keys[:, None, None, :] if cache.static else keys[:, None, None, :cache.pos + 1]  # [B, 1, 1, T_k]
+            logits = step(model, cache, tok, positions, mask)
+            cache.advance(1)
+            positions = positions + 1
     model.train(was_training)
     finish = ["stop" if s else "length" for s in stopped.tolist()]
     return Rollout(tokens, logprobs, gen_mask, finish, rows, prompt_ids[rows], prompt_mask[rows])
 
 
 def complete(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int = 32,
-             generator: torch.Generator | None = None) -> tuple[list[str], list[int]]:
+             generator: torch.Generator | None = None, progress=None) -> tuple[list[str], list[int]]:
     """One answer per prompt (token ids), batched by similar length so little compute goes to left padding.
 
     Returns the decoded answers (special tokens dropped) and their lengths in tokens, in the order of `prompts`.
+    generator: the draws when sampling (temperature > 0). progress: a tqdm-like bar advanced by each batch's size.
     """
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts, lengths = [""] * len(prompts), [0] * len(prompts)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        r = generate(model, [prompts[i] for i in idx], params, tokenizer.stop_ids, tokenizer.vocab_size,
-                     generator=generator, pad_id=tokenizer.pad_id)
+        uniforms = None if params.temperature == 0 else draw_uniforms(generator, params.max_new_tokens, len(idx))
+        r = generate(model, [prompts[i] for i in idx], params, tokenizer.stop_ids, uniforms=uniforms,
+                     pad_id=tokenizer.pad_id)
         for i, text, n in zip(idx, tokenizer.batch_decode(r.completions()), r.lengths.tolist()):
             texts[i], lengths[i] = text, n
+        if progress is not None:
+            progress.update(len(idx))
     return texts, lengths

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FAMILIES, FIXTURES
-from rlsr.model import Linear, ModelConfig, Transformer
+from rlsr.model import ModelConfig, Transformer
+from rlsr.packing import padding_mask, positions_from_mask
 
 
 def load(name, dtype=torch.float32):
@@ -29,7 +30,7 @@ def test_left_padded_batch_matches_transformers_and_rows_alone(family):
     model, ref = load(family), load_file(FIXTURES / "models" / family / "reference.safetensors")
     ids, mask = ref["padded_ids"], ref["padded_mask"]
     with torch.no_grad():
-        logits = model(ids, attention_mask=mask)
+        logits = model(ids, positions_from_mask(mask), padding_mask(mask))
     real = mask.bool()
     assert (logits[real] - ref["padded_logits"][real]).abs().max() <= 1e-4
     for i in range(len(ids)):  # each row alone, without padding, gives the same logits
@@ -173,31 +174,45 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_hidden_states_and_logits_to_keep():
+def test_hidden_states_and_logits_at_positions():
     model = load("llama")
     ids = torch.randint(0, 128, (2, 6))
     with torch.no_grad():
         full = model(ids)
-        last2 = model(ids, logits_to_keep=2)
-        hidden = model(ids, return_hidden=True)
-    assert torch.allclose(last2, full[:, -2:], atol=1e-6)
+        at = torch.tensor([5, 11, 3, 3])                       # flat row * 6 + column; a position may repeat
+        picked = model(ids, logits_at=at)
+        hidden = model.hidden(ids)
+    assert torch.allclose(picked, full.flatten(0, 1)[at], atol=1e-6)
     assert hidden.shape == (2, 6, 64)
     assert torch.allclose(hidden @ model.lm_head.weight.T, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 8, 64, 65])
-@pytest.mark.parametrize("out_features", [96, 100])
-def test_few_row_linear_equals_f_linear(rows, out_features):
-    """The blocked few-row product (rows <= 64, N a multiple of 32) and its fallbacks, with bias and gradients."""
-    torch.manual_seed(0)
-    lin = Linear(48, out_features, bias=True)
-    x = torch.randn(rows, 1, 48, requires_grad=True)
-    y = lin(x)
-    ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
-    assert y.shape == ref.shape == (rows, 1, out_features) and y.is_contiguous()
-    torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, lin.weight, lin.bias), g)
-    ref_grads = torch.autograd.grad(ref, (x, lin.weight, lin.bias), g)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+def test_output_vocab_drops_padded_embedding_rows(tmp_path):
+    path = FIXTURES / "models" / "qwen2"
+    full, cut = Transformer.from_pretrained(path), Transformer.from_pretrained(path, output_vocab=120)
+    ids = torch.randint(0, 120, (2, 5))
+    with torch.no_grad():
+        a, b = full(ids), cut(ids)
+    assert b.shape == (2, 5, 120) and torch.equal(a[..., :120], b)
+    with pytest.raises(ValueError, match="output_vocab 129 is not in"):
+        Transformer.from_pretrained(path, output_vocab=129)
+
+
+def test_untied_checkpoint_without_the_config_key_stays_untied(tmp_path):
+    """transformers' Qwen2/Qwen3/Llama configs default to tie_word_embeddings=False; a head that is stored is used."""
+    for family in ("llama", "qwen2"):
+        d = _copy(tmp_path, family)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("tie_word_embeddings", None)
+        (d / "config.json").write_text(json.dumps(cfg))
+        sd = load_file(d / "model.safetensors")
+        head = torch.randn(128, 64)
+        sd["lm_head.weight"] = head
+        save_file(sd, d / "model.safetensors")
+        model = Transformer.from_pretrained(d)
+        assert not model.config.tie_word_embeddings and torch.equal(model.lm_head.weight, head)
+        model.save_pretrained(tmp_path / f"{family}-saved")  # the key is written, so transformers unties it too
+        assert json.loads((tmp_path / f"{family}-saved" / "config.json").read_text())["tie_word_embeddings"] is False
+        del sd["lm_head.weight"]  # no stored head and no key: the head can only be the embedding
+        save_file(sd, d / "model.safetensors")
+        assert Transformer.from_pretrained(d).config.tie_word_embeddings
