@@ -14,9 +14,11 @@ from contextlib import nullcontext
 
 import torch
 
+from rlsr import cpu_matmul
 from rlsr.assets import default_policy_path
-from rlsr.model import ModelConfig, Transformer
-from rlsr.sampling import SamplingParams, generate
+from rlsr.flops import forward_flops
+from rlsr.model import Transformer
+from rlsr.sampling import SamplingParams, draw_uniforms, generate
 from rlsr.tokenizer import Tokenizer
 
 PROMPT = "Give three tips for staying healthy."
@@ -47,8 +49,10 @@ def report_flops(flops_per_s: float, args):
 
 def load_policy(args):
     path = args.model or default_policy_path()
-    dtype = getattr(torch, args.dtype)
-    return Transformer.from_pretrained(path, dtype=dtype, device=args.device), Tokenizer.from_pretrained(path)
+    tok = Tokenizer.from_pretrained(path)
+    model = Transformer.from_pretrained(path, dtype=getattr(torch, args.dtype), device=args.device,
+                                        output_vocab=tok.vocab_size)
+    return model, tok
 
 
 def profiled(enabled):
@@ -66,11 +70,11 @@ def sync(device):
 
 def bench_sample(args):
     model, tok = load_policy(args)
+    cpu_matmul.enabled = not args.plain_matmul
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
-    gen = torch.Generator(device=model.device).manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
     run = lambda n: generate(model, [prompt], SamplingParams(max_new_tokens=n, temperature=1.0, ignore_stop=True),  # noqa: E731
-                             tok.stop_ids, tok.vocab_size, group_size=args.rows, generator=gen, pad_id=tok.pad_id,
-                             compile=args.compile)
+                             tok.stop_ids, args.rows, draw_uniforms(gen, n, args.rows), tok.pad_id, compile=args.compile)
     run(args.new_tokens if args.compile else 8)  # warm-up (a compiled step compiles here)
     rates = []
     for i in range(args.repeats):
@@ -85,7 +89,9 @@ def bench_sample(args):
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     print(f"sample rows={args.rows} new_tokens={args.new_tokens} dtype={args.dtype} device={model.device} "
           f"runs={[round(x, 1) for x in rates]}")
-    report_flops(statistics.median(rates) * model.config.flops_per_token(), args)  # decode FLOPs (the prefill is one prompt)
+    # decode FLOPs per token (the prefill is one prompt): weights, attention over ~the mean context, the head
+    per_token = forward_flops(model.config, 1, len(prompt) + args.new_tokens // 2, 1, model.output_vocab)
+    report_flops(statistics.median(rates) * per_token, args)
     print(f"tokens_per_s={statistics.median(rates):.1f}")
 
 
@@ -109,7 +115,7 @@ def bench_rlsr_step(args):
         argv = ["--data", str(data), "--train-split", "all", "--no-eval", "--out-dir", str(Path(tmp) / "run"),
                 "--steps", str(args.steps), "--prompts-per-step", str(args.prompts), "--group-size", str(args.group),
                 "--max-new-tokens", str(args.new_tokens), "--beta", str(args.beta), "--dtype", args.dtype,
-                "--device", args.device, "--save-every", str(10 ** 9), "--sample-every", "0", "--lr", "1e-6"]
+                "--device", args.device, "--save-every", "0", "--sample-every", "0", "--lr", "1e-6"]
         if args.model:
             argv += ["--init", args.model]
         with profiled(args.profile) as prof:
@@ -118,15 +124,12 @@ def bench_rlsr_step(args):
     if prof is not None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     timed = metrics[1:] or metrics  # the first step is the warm-up
-    for part in ("time/rollout", "time/reward", "time/frozen_logprobs", "time/update"):
+    for part in [k for k in timed[0] if k.startswith("time/")]:
         print(f"{part}: median {statistics.median(m[part] for m in timed):.2f} s")
     print(f"steps={[round(m['step_time'], 2) for m in metrics]} completion tokens/step "
           f"{statistics.median(m['completions/mean_length'] for m in timed) * args.prompts * args.group:.0f}")
-    # Matmul FLOPs of a step: sampling (prefill + one forward per generated token), the reference's forward over the
-    # packed groups (prompt once + completions) when beta > 0, and the policy's forward + backward (3x) over them.
-    fpt = ModelConfig.from_file(Path(args.model or default_policy_path()) / "config.json").flops_per_token()
-    flops = [fpt * (m["prompt_tokens"] + n) * (1 + (args.beta > 0) + 3) for m in timed
-             for n in [m["completions/mean_length"] * args.prompts * args.group]]
+    # model FLOPs of each step as the run counted them (rlsr/flops.py): sampling, KL model, forward + backward
+    flops = [b["flops"] - a["flops"] for a, b in zip(metrics, metrics[1:])]
     report_flops(statistics.median(f / m["step_time"] for f, m in zip(flops, timed)), args)
     print(f"s_per_step={statistics.median(m['step_time'] for m in timed):.2f}")
 
@@ -143,6 +146,8 @@ def main():
     common.add_argument("--compile", action="store_true", help="torch.compile'd static-shape decode step "
                         "(CUDA graphs on a GPU; slow to compile and no faster on a CPU)")
     common.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU figure (known GPUs: automatic)")
+    common.add_argument("--plain-matmul", action="store_true", help="decode without the CPU few-row product "
+                        "(rlsr/cpu_matmul.py), to measure what it gains")
     s = sub.add_parser("sample", parents=[common], help="sampling throughput, one chat prompt, stop tokens ignored")
     s.add_argument("--rows", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=128)

@@ -5,14 +5,20 @@ Layout of a directory this module writes (what transformers' `from_pretrained` r
     model.safetensors                                  when everything fits in one shard, else
     model-00001-of-0000N.safetensors ... + model.safetensors.index.json
 A directory is written under a temporary name beside the target and renamed into place, so a killed process
-leaves either the old directory or the new one, never half of one.
+leaves either the old directory or the new one, never half of one; a leftover temporary (the process was killed
+mid-write) is removed by `remove_stale_temporaries` when the run starts again. Directories and files get the modes
+the user's umask gives any new file (tempfile would make them private), so a shared group can read a model.
+`write_manifest` records every file's size and sha256 and `verify_manifest` checks them, so a truncated or
+corrupted checkpoint is recognised before it is loaded.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +29,14 @@ from safetensors.torch import save_file
 INDEX = "model.safetensors.index.json"
 
 
+def _open(file: Path, device=None):
+    """safe_open, with the file named when it is not a readable safetensors file (e.g. truncated)."""
+    try:
+        return safe_open(file, "pt", device=str(device or "cpu"))
+    except Exception as e:  # safetensors raises its own SafetensorError, not an OSError
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+
+
 def shard_files(path: Path) -> dict[str, Path]:
     """tensor name -> file holding it."""
     if (path / INDEX).exists():
@@ -31,7 +45,7 @@ def shard_files(path: Path) -> dict[str, Path]:
     single = path / "model.safetensors"
     if not single.exists():
         raise FileNotFoundError(f"{path}: neither model.safetensors nor {INDEX} found")
-    with safe_open(single, "pt") as f:
+    with _open(single) as f:
         return {name: single for name in f.keys()}
 
 
@@ -54,7 +68,7 @@ def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], opti
                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     out = {}
     for file in sorted(set(where.values())):
-        with safe_open(file, "pt", device=str(device or "cpu")) as f:
+        with _open(file, device) as f:
             for name in f.keys():
                 t = f.get_tensor(name)
                 if name in expected and t.shape != expected[name]:
@@ -62,6 +76,32 @@ def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], opti
                                      f"the model expects {list(expected[name])}")
                 out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     return out
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path):
+    """Give `root` and everything below it the modes a plain mkdir / open would: 0o777 / 0o666 minus the umask."""
+    mask = umask()
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
+def remove_stale_temporaries(parent: Path, prefix: str = ".", older_than: float = 0.0) -> list[Path]:
+    """Delete what killed writers left in `parent` (".NAME.tmp-*" and ".NAME.old-*" starting with `prefix`, last
+    modified more than `older_than` seconds ago); returns what was removed."""
+    parent, now = Path(parent), time.time()
+    stale = [p for p in parent.glob(prefix + "*") if (".tmp-" in p.name or ".old-" in p.name)
+             and now - p.stat().st_mtime > older_than] if parent.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager
@@ -72,6 +112,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -90,6 +131,43 @@ def write_json(path: str | Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(root: Path) -> None:
+    """manifest.json: size and sha256 of every other file under `root` (written last, inside the temporary dir)."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    write_json(root / MANIFEST, {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                                 for p in files})
+
+
+def verify_manifest(root: Path) -> str | None:
+    """None if every file listed in root/manifest.json has its recorded size and hash, else what is wrong."""
+    root = Path(root)
+    try:
+        listed = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return f"{root / MANIFEST}: unreadable ({e.__class__.__name__})"
+    for name, want in listed.items():
+        p = root / name
+        if not p.is_file():
+            return f"{p}: missing"
+        if p.stat().st_size != want["bytes"]:
+            return f"{p}: {p.stat().st_size} bytes, the manifest says {want['bytes']}"
+        if sha256_file(p) != want["sha256"]:
+            return f"{p}: sha256 differs from the manifest"
+    return None
 
 
 def save_safetensors_dir(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict,

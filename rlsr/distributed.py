@@ -6,9 +6,10 @@
              --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500 train_rlsr.py ...   # several machines: torchrun's rendezvous
 
 How the scripts split work: every rank draws the same global batch (same seed) and takes its contiguous share
-(`shard`); a group of G samples never spans ranks. Loss normalisers (token and sequence counts) and logged sums are
-all-reduced, so a step on W ranks computes the same update as on one process with the whole batch (tested with 2 CPU
-processes on gloo). DDP and FSDP2 average gradients over ranks while our losses are already shares of the global
+(`shard`, `share`); a group of G samples never spans ranks. The few numbers per row that the algorithm needs over the
+whole step (rewards, lengths) are gathered, so advantages and loss weights are computed for the whole step on every
+rank and each takes its own rows; logged sums are all-reduced. A step on W ranks therefore computes the same update as
+one process with the whole batch (tested with 2 CPU processes on gloo). DDP and FSDP2 average gradients over ranks while our losses are already shares of the global
 loss, so each rank's loss is multiplied by W (`loss_scale`). Rank 0 writes logs and checkpoints; a checkpoint is the
 full (gathered) state dict in HF layout, so `Transformer.from_pretrained` loads it on one process; resume needs the
 same world size.
@@ -29,6 +30,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    fsdp: bool = False  # FSDP2 instead of DDP (only meaningful with world > 1)
 
     @property
     def enabled(self) -> bool:
@@ -43,12 +45,19 @@ class Dist:
         """DDP/FSDP divide the summed gradients by W; our losses are already shares of the global loss."""
         return float(self.world)
 
+    def share(self, n: int) -> slice:
+        """This rank's contiguous slice of n global items (n must split evenly)."""
+        if n % self.world:
+            raise ValueError(f"a global batch of {n} does not split evenly over {self.world} ranks")
+        k = n // self.world
+        return slice(self.rank * k, (self.rank + 1) * k)
 
-def init(device: str) -> Dist:
+
+def init(device: str, fsdp: bool = False) -> Dist:
     """Join the process group torchrun set up (if any) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(device=torch.device(device))
+        return Dist(device=torch.device(device), fsdp=fsdp)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
@@ -57,15 +66,12 @@ def init(device: str) -> Dist:
         dev = torch.device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local_rank, dev)
+    return Dist(rank, world, local_rank, dev, fsdp)
 
 
 def shard(items: list, d: Dist) -> list:
     """This rank's contiguous share of a global batch (its size must divide evenly)."""
-    if len(items) % d.world:
-        raise ValueError(f"a global batch of {len(items)} does not split evenly over {d.world} ranks")
-    n = len(items) // d.world
-    return items[d.rank * n:(d.rank + 1) * n]
+    return items[d.share(len(items))]
 
 
 def all_reduce(values: dict[str, float], d: Dist) -> dict[str, float]:
@@ -79,6 +85,14 @@ def all_reduce(values: dict[str, float], d: Dist) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def all_reduce_max(value: int, d: Dist) -> int:
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather(obj, d: Dist) -> list:
     """Every rank's object, in rank order."""
     if not d.enabled:
@@ -88,11 +102,11 @@ def gather(obj, d: Dist) -> list:
     return out
 
 
-def wrap(model, d: Dist, fsdp: bool):
+def wrap(model, d: Dist):
     """DDP, or FSDP2 with one shard unit per transformer block (and the root for embeddings/head)."""
     if not d.enabled:
         return model
-    if fsdp:
+    if d.fsdp:
         from torch.distributed.fsdp import fully_shard
         for block in model.model.layers:
             fully_shard(block)
@@ -131,11 +145,13 @@ def load_optimizer_state(model, optimizer, state: dict, d: Dist):
 
 
 @contextmanager
-def gradient_sync(model, d: Dist, fsdp: bool, sync: bool):
-    """Gradient accumulation: reduce gradients over ranks only on the last micro-batch of a step (sync=True)."""
+def gradient_sync(model, d: Dist, sync: bool):
+    """Gradient accumulation: reduce gradients over ranks only on the last micro-batch of a step (sync=True).
+    Under FSDP2 every rank must run the same number of forwards (each all-gathers parameters): callers pad their
+    micro-batch list to the same length on every rank."""
     if not d.enabled or sync:
         yield
-    elif fsdp:
+    elif d.fsdp:
         model.set_requires_gradient_sync(False)
         try:
             yield
@@ -147,11 +163,11 @@ def gradient_sync(model, d: Dist, fsdp: bool, sync: bool):
 
 
 @contextmanager
-def full_weights(model, d: Dist, fsdp: bool):
+def full_weights(model, d: Dist):
     """FSDP2: keep every shard unit's parameters gathered for a while. Sampling and evaluation run a different number
     of forwards on each rank (answers end at different times), which per-forward all-gathers cannot follow. The
     model must then fit one device for the duration (FSDP2 here shards gradients and optimizer state for training)."""
-    if not (d.enabled and fsdp):
+    if not (d.enabled and d.fsdp):
         yield
         return
     from torch.distributed.fsdp import FSDPModule
@@ -173,9 +189,8 @@ def barrier(d: Dist):
 
 
 def close(d: Dist):
-    """Tear down the process group once every rank is done with it. Without the barrier, 2-rank gloo SFT runs on a
-    loaded 2-core machine aborted at exit ("terminate called without an active exception") twice in the first ~12
-    runs; with it, none in 80."""
+    """Tear down the process group once every rank is done with it. The barrier keeps a rank from closing its
+    connections while a peer still has traffic for it (gloo then aborts the peer at exit)."""
     if d.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -1,4 +1,5 @@
-"""Statistics for monitoring training and comparing checkpoints: bootstrap intervals and reward-hacking monitors.
+"""Statistics for monitoring training and comparing checkpoints: a step's metrics, bootstrap intervals, and
+reward-hacking monitors.
 
 A similarity reward can be gamed without answering better: longer answers cover more of a long reference, repeated
 phrases can pull an embedding towards the reference's topic, and a policy that had seen references could copy them.
@@ -10,8 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from rlsr.grpo import reward_stats
+from rlsr.reward import rouge_l  # noqa: F401  ROUGE-L is defined with the rewards; re-exported for eval.py
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -76,25 +82,67 @@ def paired_bootstrap_ci(a, b, **kw) -> tuple[float, float, float]:
     return bootstrap_ci(b - a, **kw)
 
 
-def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F1: longest common subsequence of the two word sequences (`words`), harmonic mean of its precision
-    and recall. A second, encoder-free similarity: a gain that only fools the reward encoder does not show here."""
-    h, r = words(hypothesis), words(reference)
-    if not h or not r:
-        return 0.0
-    prev = [0] * (len(r) + 1)
-    for x in h:  # LCS table, one row at a time
-        cur = [0]
-        for j, y in enumerate(r):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, rec = lcs / len(h), lcs / len(r)
-    return 2 * p * rec / (p + rec)
-
-
 def format_ci(ci: tuple[float, float, float], digits: int = 4) -> str:
     m, lo, hi = ci
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+@dataclass
+class StepSamples:
+    """One step's completions, in global row order (every rank's share, gathered): what the advantages, the loss
+    weights and the logged statistics are computed from."""
+    rewards: list[float]
+    lengths: list[int]                    # completion tokens, the stop token included
+    stopped: list[bool]                   # finished with a stop token (else cut at max_new_tokens)
+    texts: list[str]
+    references: list[str]
+    components: dict[str, list[float]] = field(default_factory=dict)   # each reward component's values
+    reward_stats: list[dict] = field(default_factory=list)             # per-rank reward statistics (means)
+
+    @staticmethod
+    def concat(parts: list["StepSamples"]) -> "StepSamples":
+        return StepSamples([r for p in parts for r in p.rewards], [n for p in parts for n in p.lengths],
+                           [s for p in parts for s in p.stopped], [t for p in parts for t in p.texts],
+                           [r for p in parts for r in p.references],
+                           {k: [v for p in parts for v in p.components[k]] for k in parts[0].components},
+                           [s for p in parts for s in p.reward_stats])
+
+    def select(self, rows: list[int]) -> "StepSamples":
+        """These rows (this rank's statistics are kept as they are)."""
+        return StepSamples([self.rewards[i] for i in rows], [self.lengths[i] for i in rows],
+                           [self.stopped[i] for i in rows], [self.texts[i] for i in rows],
+                           [self.references[i] for i in rows], {k: [v[i] for i in rows] for k, v in self.components.items()},
+                           self.reward_stats)
+
+
+def mean_of(dicts: list[dict]) -> dict[str, float]:
+    """Key-wise mean of dicts with the same keys (ranks hold equal numbers of rows, so this is the global mean)."""
+    return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]} if dicts else {}
+
+
+def step_metrics(samples: StepSamples, sums: dict[str, float], group_size: int, num_iterations: int = 1,
+                 scale: str = "group", std_floor: float = 0.02, tie_tolerance: float = 1e-3) -> dict[str, float]:
+    """A step's logged metrics from its gathered samples and the update's summed diagnostics (rlsr.grpo.policy_loss
+    sums, plus "loss" and "entropy", summed over micro-batches, iterations and ranks). TRL's names mean TRL's
+    quantities (token means over the step, whatever the loss aggregation); the rest are ours."""
+    rewards = torch.tensor(samples.rewards)
+    lengths = np.asarray(samples.lengths, dtype=np.float64)
+    stopped = np.asarray(samples.stopped, dtype=bool)
+    tokens, units = max(sums["tokens"], 1.0), max(sums["clip_count"], 1.0)
+    m = {**reward_stats(rewards, group_size, scale, std_floor, tie_tolerance),
+         **{f"reward/{k}": float(np.mean(v)) for k, v in samples.components.items() if len(samples.components) > 1},
+         **mean_of(samples.reward_stats),
+         "loss": sums["loss"] / num_iterations, "entropy": sums["entropy"] / tokens,
+         **{k: sums[k] / units for k in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")},
+         "ratio_mean": sums["ratio_mean"] / tokens,
+         "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+         "completions/max_length": float(lengths.max()),
+         "completions/clipped_ratio": float(1 - stopped.mean()),
+         "completions/mean_terminated_length": float(lengths[stopped].mean()) if stopped.any() else 0.0,
+         "monitor/length_reward_corr": pearson(lengths, samples.rewards),
+         "monitor/distinct_2": distinct_n(samples.texts, 2),
+         "monitor/copy_fraction_4gram": float(np.mean([copy_fraction(t, r) for t, r in
+                                                       zip(samples.texts, samples.references)]))}
+    if "kl" in sums:
+        m["kl"] = sums["kl"] / tokens
+    return m

@@ -1,46 +1,61 @@
-"""A training run on disk: settings, JSONL logs, atomic HF-layout checkpoints, and exact resume.
+"""A training run on disk: settings, JSONL logs, verified HF-layout checkpoints, and exact resume.
 
     RUN_DIR/
-      settings.json                 the run's settings (argparse values), written once
-      metrics.jsonl                 one record per step ({"step": ..., ...})
+      settings.json                 the run's settings (argparse values), written once the run has started
+      metrics.jsonl                 one record per step ({"step": ..., ...}); strict JSON (null for NaN / inf)
       samples.jsonl, eval.jsonl     other per-step records (same "step" key)
       checkpoints/step-000040/      HF layout (config.json, model.safetensors, tokenizer files) that
                                     Transformer.from_pretrained / transformers load directly, plus
-                                    trainer_state.pt (optimizer, scheduler, step, RNG states, data position)
-                                    and settings.json
+                                    trainer_state.pt (optimizer, scheduler, step, RNG states, data position: tensors
+                                    and plain Python values only, loaded with torch.load(weights_only=True), so a
+                                    crafted file cannot run code), compute.json, settings.json, and manifest.json
+                                    (size and sha256 of every file)
       checkpoints/LATEST            name of the newest complete checkpoint
-      final/                        the last weights, HF layout
+      final/                        the last weights, HF layout (+ compute.json, manifest.json)
 
 A checkpoint directory appears only when complete (written under a temporary name, then renamed), and LATEST is
-replaced atomically after it, so a run killed at any instant resumes from a complete checkpoint. On resume the log
-lines written after that checkpoint are dropped: the resumed run writes them again.
+replaced atomically after it, so a run killed at any instant resumes from a complete checkpoint. On resume the
+newest checkpoint whose files match their manifest is used (an older one, said so, if the newest is damaged), the
+log lines written after it are dropped (the resumed run writes them again), and temporaries of a killed write are
+removed. A checkpoint holds the weights and twice as many bytes of AdamW state: about 3x the weights in fp32
+(1.6 GB for the default 135M-parameter policy); free space is checked before each one is written.
 """
 from __future__ import annotations
 
-import argparse
+import errno
 import json
+import math
 import os
+import pickle
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlsr import distributed
-from rlsr.checkpoint import atomic_dir, write_json
+from rlsr.checkpoint import (apply_umask, atomic_dir, remove_stale_temporaries, verify_manifest, write_json,
+                             write_manifest)
+
+
+class CheckpointError(RuntimeError):
+    pass
 
 
 def rng_state(*generators: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random stream a run draws from, as tensors and plain Python values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "generators": [g.get_state() for g in generators]}
 
 
 def set_rng_state(state: dict, *generators: torch.Generator):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -48,57 +63,88 @@ def set_rng_state(state: dict, *generators: torch.Generator):
         g.set_state(s)
 
 
-def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, fused: bool = True):
-    """AdamW (betas 0.9/0.99; fused: one kernel for all parameters, 5x faster than the default on a 2-core CPU)
-    with a linear warm-up over `warmup_steps` optimizer steps, then a constant learning rate."""
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
-    warmup = max(warmup_steps, 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
-    return optimizer, scheduler
+def _finite_or_none(x):
+    """JSON has no NaN or inf: they are written as null (the key stays, so a reader sees the step had one)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
 
 
-def open_run(args: argparse.Namespace, argv: list[str] | None = None, writer: bool = True
-             ) -> tuple["Run", argparse.Namespace]:
-    """A new run in args.out_dir, or with --resume the existing run and ITS settings (a given --steps still wins).
+def nbytes(obj) -> int:
+    """Bytes of every tensor in a nested dict / list."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
 
-    writer: False on data-parallel ranks other than 0, which neither create nor write anything.
-    """
-    if not args.resume:
-        return Run(args.out_dir, vars(args), writer=writer), args
-    run = Run(args.resume, {}, resume=True, writer=writer)
-    explicit_steps = any(a.startswith("--steps") for a in (sys.argv[1:] if argv is None else argv))
-    resumed = argparse.Namespace(**{**run.settings, "resume": args.resume})
-    if explicit_steps:
-        resumed.steps = args.steps
-    return run, resumed
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
 
 
 class Run:
-    def __init__(self, path: str | Path, settings: dict, resume: bool = False, keep_checkpoints: int = 2,
-                 writer: bool = True):
+    """A run directory. `Run.create` makes a new one (call it once every input has been checked); `Run.open`
+    reopens one to resume. writer=False on data-parallel ranks other than 0, which neither create nor write."""
+
+    def __init__(self, path: str | Path, settings: dict, writer: bool = True, keep_checkpoints: int = 2):
         self.path = Path(path)
+        self.settings = settings
+        self.writer = writer
         self.keep = keep_checkpoints
         self.ckpt_dir = self.path / "checkpoints"
-        self.writer = writer
-        if not writer:
-            self.settings = json.loads((self.path / "settings.json").read_text()) if resume else settings
-        elif resume:
-            if not (self.path / "settings.json").exists():
-                raise FileNotFoundError(f"{self.path}: not a run directory (no settings.json)")
-            self.settings = json.loads((self.path / "settings.json").read_text())
-        else:
-            if self.path.exists() and any(self.path.iterdir()):
-                raise FileExistsError(f"{self.path} exists and is not empty; pass --resume {self.path} to continue it "
-                                      "or choose another --out-dir")
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.settings = settings
-            write_json(self.path / "settings.json", settings)
 
+    @staticmethod
+    def check_new(path: str | Path):
+        """Refuse a directory that already holds something (before any work starts)."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} exists and is not empty; pass --resume {path} to continue it or choose "
+                                  "another --out-dir")
+
+    @classmethod
+    def create(cls, path: str | Path, settings: dict, writer: bool = True) -> "Run":
+        run = cls(path, settings, writer)
+        if writer:
+            cls.check_new(path)
+            run.path.mkdir(parents=True, exist_ok=True)
+            write_json(run.path / "settings.json", settings)
+        return run
+
+    @staticmethod
+    def read_settings(path: str | Path) -> dict:
+        p = Path(path) / "settings.json"
+        if not p.exists():
+            raise FileNotFoundError(f"{path}: not a run directory (no settings.json)")
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+    @classmethod
+    def open(cls, path: str | Path, settings: dict, writer: bool = True) -> "Run":
+        run = cls(path, settings, writer)
+        if writer:
+            for d in (run.path, run.ckpt_dir):
+                for p in remove_stale_temporaries(d):
+                    print(f"removed {p}, left by a write that was killed")
+        return run
+
+    # ---- logs
     def log(self, record: dict, file: str = "metrics.jsonl"):
         if not self.writer:
             return
         with open(self.path / file, "a") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(json.dumps(_finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
             f.flush()
 
     def read_log(self, file: str = "metrics.jsonl") -> list[dict]:
@@ -112,72 +158,113 @@ class Run:
         for p in self.path.glob("*.jsonl"):
             lines = [line for line in p.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line).get("step", -1) <= step]
-            tmp = p.with_name(f".{p.name}.tmp")
+            tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, p)
 
-    def save_checkpoint(self, step: int, model, tokenizer, trainer_state: dict, state_dict=None) -> Path:
-        """state_dict: the full weights when `model` holds only a shard (FSDP); written by the writer rank only."""
+    # ---- checkpoints
+    def _write_dir(self, target: Path, need: int, write):
+        """Write a checkpoint-like directory atomically with a manifest, after checking the free space."""
+        where = mount_point(target.parent)
+        free = shutil.disk_usage(target.parent).free
+        message = (f"no space left on {where} for {target.name}: it needs about {need / 1e9:.2f} GB and "
+                   f"{free / 1e9:.2f} GB are free")
+        if free < need * 1.05:
+            raise CheckpointError(message + self._resume_hint())
+        try:
+            with atomic_dir(target) as tmp:
+                write(tmp)
+                write_manifest(tmp)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(target.parent).free < need:
+                raise CheckpointError(message + self._resume_hint()) from None
+            raise
+
+    def _resume_hint(self) -> str:
+        last = self.latest_checkpoint()
+        return f"; free some space and `--resume {self.path}` continues from {last.name}" if last else ""
+
+    def save_checkpoint(self, step: int, model, tokenizer, trainer_state: dict, state_dict: dict,
+                        extra_json: dict[str, dict] | None = None) -> Path:
+        """Every rank calls it with the gathered state (FSDP); the writer rank writes. Returns the directory."""
         name = f"step-{step:06d}"
         if not self.writer:
             return self.ckpt_dir / name
-        with atomic_dir(self.ckpt_dir / name) as tmp:
-            save_model(tmp, model, tokenizer, self.settings, state_dict)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp):
+            save_model(tmp, model, tokenizer, self.settings, state_dict, extra_json)
             torch.save(trainer_state, tmp / "trainer_state.pt")
+        self._write_dir(self.ckpt_dir / name, nbytes(state_dict) + nbytes(trainer_state), write)
         latest = self.ckpt_dir / "LATEST"
-        tmp_latest = latest.with_name(".LATEST.tmp")
+        tmp_latest = latest.with_name(f".LATEST.tmp-{os.getpid()}")
         tmp_latest.write_text(name + "\n")
         os.replace(tmp_latest, latest)
+        apply_umask(latest)
         older = sorted(p for p in self.ckpt_dir.glob("step-*") if p.name != name)
         for old in older[:max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(old)
         return self.ckpt_dir / name
 
+    def save_final(self, model, tokenizer, state_dict: dict, extra_json: dict[str, dict] | None = None) -> Path:
+        """The last weights in HF layout at RUN_DIR/final (every rank calls it, like save_checkpoint)."""
+        if self.writer:
+            self._write_dir(self.path / "final", nbytes(state_dict),
+                            lambda tmp: save_model(tmp, model, tokenizer, self.settings, state_dict, extra_json))
+        return self.path / "final"
+
     def latest_checkpoint(self) -> Path | None:
         latest = self.ckpt_dir / "LATEST"
         return self.ckpt_dir / latest.read_text().strip() if latest.exists() else None
 
-    def checkpoint(self, step: int, model, policy, tokenizer, optimizer, scheduler, sampler, d,
-                   *generators: torch.Generator):
-        """Every rank calls this (gathering FSDP shards is collective); the writer rank writes.
-        model: what trains (DDP / FSDP2 / the policy itself); policy: the underlying Transformer."""
-        state = {"step": step, "optimizer": distributed.full_optimizer_state(model, optimizer, d),
-                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
-        self.save_checkpoint(step, policy, tokenizer, state, distributed.full_state_dict(model, d))
+    def intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match their manifest (saying so when a newer one is damaged)."""
+        for ckpt in sorted(self.ckpt_dir.glob("step-*"), reverse=True):
+            problem = verify_manifest(ckpt)
+            if problem is None:
+                return ckpt
+            print(f"checkpoint {ckpt.name} is damaged ({problem}); trying an older one")
+        return None
 
-    def save_final(self, model, policy, tokenizer, d):
-        """The last weights in HF layout at RUN_DIR/final (collective, like `checkpoint`)."""
-        weights = distributed.full_state_dict(model, d)
-        if self.writer:
-            with atomic_dir(self.path / "final") as tmp:
-                save_model(tmp, policy, tokenizer, self.settings, weights)
-
-    def restore(self, ckpt: Path | None, load_optimizer, scheduler, sampler, *generators: torch.Generator) -> int:
+    def restore(self, ckpt: Path | None, load_optimizer, scheduler, sampler, *generators: torch.Generator) -> dict:
         """Load a checkpoint's trainer state (the weights are loaded from `ckpt` by the caller); drop later logs.
 
-        load_optimizer: a callable taking the saved optimizer state. Returns the step to continue after (0 when there
-        is no checkpoint yet).
+        load_optimizer: a callable taking the saved optimizer state. Returns the saved state; its "step" is the step
+        to continue after ({"step": 0} when there is no checkpoint yet).
         """
         if ckpt is None:
             self.truncate_logs(0)
-            return 0
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            return {"step": 0}
+        try:
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{ckpt / 'trainer_state.pt'} holds more than tensors and plain values; refusing "
+                                  f"to load it ({str(e).splitlines()[0]})") from None
         load_optimizer(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"], *generators)
         self.truncate_logs(state["step"])
-        print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
-        return state["step"]
+        if self.writer:
+            print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
+        return state
 
 
-def save_model(path: Path, model, tokenizer, settings: dict | None = None, state_dict=None):
+def trainer_state(step: int, model, optimizer, scheduler, sampler, d, *generators) -> dict:
+    """What resuming needs besides the weights (collective under FSDP: every rank calls it)."""
+    return {"step": step, "optimizer": distributed.full_optimizer_state(model, optimizer, d),
+            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
+
+
+def save_model(path: Path, model, tokenizer, settings: dict | None = None, state_dict=None,
+               extra_json: dict[str, dict] | None = None):
     """HF layout: weights + config.json + tokenizer files (+ the run's settings): a valid --init for the scripts."""
-    raw = getattr(model, "module", model)  # unwrap DDP
-    raw.save_pretrained(path, state_dict=state_dict)
+    distributed.unwrap(model).save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     # every stop id, so generation elsewhere (transformers, vLLM) stops where rlsr's sampler did
     write_json(path / "generation_config.json", {"eos_token_id": sorted(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,
                                                  **({"bos_token_id": tokenizer.bos_id} if tokenizer.bos_id is not None else {})})
     if settings is not None:
         write_json(path / "settings.json", settings)
+    for name, obj in (extra_json or {}).items():
+        write_json(path / name, obj)

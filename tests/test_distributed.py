@@ -22,7 +22,7 @@ def launch(script: str, args: list[str], ranks: int):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(ROOT / script)] if ranks == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", str(ROOT / script)]
-    out = subprocess.run(cmd + args, env=env, capture_output=True, text=True)
+    out = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)  # a hang fails, not stalls
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -74,6 +74,24 @@ def test_sft_two_ranks_equal_one_process_and_fsdp2(assets, tmp_path):
     assert_close(one, weights(tmp_path / "fsdp"))
     assert [m["loss"] for m in logged_metrics(tmp_path / "one")] == pytest.approx(
         [m["loss"] for m in logged_metrics(tmp_path / "ddp")], rel=1e-5)
+
+
+def test_sft_fsdp_with_packing_and_uneven_rows_per_rank(tmp_path):
+    """Packing gives the two ranks different numbers of rows and micro-batches; FSDP2 all-gathers in every forward,
+    so without padding the shorter rank's list the ranks would issue different collectives and hang."""
+    import json
+    policy = make_tiny_policy_dir(tmp_path / "policy")
+    words = ["Hello there", "colour", "joke chicken road", "terse kind", "help name tell why"]
+    rows = [{"prompt": f"{words[i % 5]}?", "response": " ".join([words[(i * 3) % 5]] * (1 + 12 * (i % 4 == 0)))}
+            for i in range(16)]
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--init", str(policy), "--data", str(data), "--train-split", "all", "--eval-data", str(data),
+            "--eval-split", "all", "--eval-examples", "6", "--steps", "2", "--examples-per-step", "4",
+            "--micro-batch-size", "1", "--lr", "1e-3", "--max-seq-len", "128", "--pack"]  # step 2: 2 rows vs 1
+    launch("train_sft.py", args + ["--out-dir", str(tmp_path / "one")], 1)
+    launch("train_sft.py", args + ["--out-dir", str(tmp_path / "fsdp"), "--fsdp"], 2)
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "fsdp"))
 
 
 def test_resume_at_world_size_two(assets, tmp_path):

@@ -8,7 +8,8 @@ import train_sft
 from conftest import (FIXTURES, kill_and_resume, logged_metrics, make_tiny_data, make_tiny_policy_dir, run_script)
 from rlsr.data import Example
 from rlsr.model import Transformer
-from rlsr.sft import make_batch, micro_batches, pack, sft_loss, tokenize_example
+from rlsr.packing import first_fit_decreasing, pack_examples
+from rlsr.sft import sft_batches, sft_loss, tokenize_example
 from rlsr.tokenizer import Tokenizer
 
 TEMPLATES = json.loads((FIXTURES / "chat_templates.json").read_text())["templates"]
@@ -35,14 +36,14 @@ def test_only_the_reference_and_its_end_token_are_trained(template):
 
 def _tiny(tmp_path):
     path = make_tiny_policy_dir(tmp_path / "policy")
-    return Transformer.from_pretrained(path, dtype=torch.float32), Tokenizer.from_pretrained(path)
+    return Transformer.from_pretrained(path, dtype=torch.float32, output_vocab=400), Tokenizer.from_pretrained(path)
 
 
 def _grads(model, batches, n):
     model.zero_grad()
     loss = 0.0
     for b in batches:
-        out = sft_loss(model, b, n, vocab_size=400)
+        out = sft_loss(model, b, n)
         out.backward()
         loss += out.item()
     return loss, torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -52,19 +53,19 @@ def test_accumulation_equals_one_batch_and_packing_equals_unpacked(tmp_path):
     model, tok = _tiny(tmp_path)
     xs = [tokenize_example(tok, ex, 1000) for ex in EXAMPLES * 2]
     n = sum(x.trained[1:].count(True) for x in xs)
-    full_loss, full = _grads(model, [make_batch([[x] for x in xs])], n)
-    acc_loss, acc = _grads(model, [make_batch(rows) for rows in micro_batches(xs, 2, False, 1000)], n)
+    full_loss, full = _grads(model, [pack_examples([[(x.ids, x.trained)] for x in xs])], n)
+    acc_loss, acc = _grads(model, sft_batches(xs, 2, False, 1000), n)
     limit = 2 * max(len(x.ids) for x in xs)
-    rows = pack(xs, max_len=limit)
-    assert len(rows) < len(xs) and all(sum(len(x.ids) for x in r) <= limit for r in rows)
-    packed_loss, packed = _grads(model, [make_batch(rows)], n)
+    rows = first_fit_decreasing([len(x.ids) for x in xs], limit)
+    assert len(rows) < len(xs) and all(sum(len(xs[i].ids) for i in r) <= limit for r in rows)
+    packed_loss, packed = _grads(model, sft_batches(xs, 100, True, limit), n)
     assert acc_loss == pytest.approx(full_loss, abs=1e-6) and (acc - full).abs().max() <= 1e-6
     assert packed_loss == pytest.approx(full_loss, abs=1e-5) and (packed - full).abs().max() <= 1e-5 * full.abs().max()
     # the loss is the mean cross-entropy per trained token, computed by hand from full logits
     with torch.no_grad():
         want = 0.0
         for x in xs:
-            logits = model(torch.tensor([x.ids]))[0, :, :400]
+            logits = model(torch.tensor([x.ids]))[0]
             logp = logits.log_softmax(-1)
             want -= sum(logp[t - 1, x.ids[t]].item() for t in range(1, len(x.ids)) if x.trained[t])
     assert full_loss == pytest.approx(want / n, rel=1e-5)

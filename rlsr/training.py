@@ -1,0 +1,381 @@
+"""What both training scripts share: their common flags, the checks made before anything is written, loading the
+policy and the data, the guarded optimizer step, checkpoints, compute, and the end of a run.
+
+A training script (train_rlsr.py, train_sft.py) is its own flags, this set-up, and one loop. The order is fixed so
+that a failed start leaves nothing behind: flags are checked (`parse`), then data and models are loaded, and only
+then is the run directory created (`open_run`). Inputs a user got wrong raise UsageError, which `cli` prints as one
+`error: ...` line with exit code 2; a run that cannot go on (non-finite numbers, a full disk) raises TrainingError
+(exit code 1), and what it has written so far stays resumable.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rlsr import distributed
+from rlsr.assets import default_policy_path
+from rlsr.data import DataError, chat_prompts, load_dataset
+from rlsr.flops import Compute
+from rlsr.model import Transformer
+from rlsr.plot import write_curves
+from rlsr.run import CheckpointError, Run, trainer_state
+from rlsr.tokenizer import Tokenizer, read_json
+from rlsr.tracking import Trackers, add_tracker_args
+
+# Flags a resumed run may change; every other flag is the run's own (settings.json).
+RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "device", "max_nonfinite_steps",
+             "wandb", "tensorboard")
+
+
+class UsageError(ValueError):
+    """Bad flags or inputs: nothing was written; fix the command and run it again."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; its last checkpoint (if any) is intact and resumable."""
+
+
+def cli(main):
+    """Run a script's main() as a command: usage errors become one line on stderr and exit code 2."""
+    try:
+        main()
+    except (UsageError, DataError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (TrainingError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+class Deprecated(argparse.Action):
+    """An old flag name: stores into the new flag's dest and says so."""
+
+    def __init__(self, option_strings, dest, new: str, **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: int, micro_batch: int,
+                out_dir: str) -> dict[str, argparse._ArgumentGroup]:
+    """The flags both scripts take, in groups the scripts add their own flags to."""
+    groups = {name: ap.add_argument_group(title) for name, title in
+              [("model", "model"), ("data", "data"), ("optimization", "optimization"), ("run", "run")]}
+    g = groups["model"]
+    g.add_argument("--init", help="HF-layout checkpoint to start from (default: packaged SmolLM2-135M-Instruct)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast over fp32 weights (GPU): bf16 matmuls, fp32 "
+                   "master weights and optimizer; log-softmax stays fp32 either way")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward: less memory")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (shard parameters, gradients and "
+                   "optimizer state) instead of DDP")
+    g = groups["data"]
+    g.add_argument("--data", default="alpaca_eval",
+                   help="built-in data set (alpaca_eval, sharegpt) or a .jsonl / .json file (rlsr/data.py)")
+    g.add_argument("--train-split", help="split to train on (default: 'train'; for a file with --eval-data, 'all')")
+    g.add_argument("--eval-data", help="held-out data (default: --data itself, its --eval-split)")
+    g.add_argument("--eval-split", help="split of the held-out data (default: 'test'; for --eval-data FILE, 'all')")
+    g.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts are left out (and counted)")
+    g = groups["optimization"]
+    g.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate, in (0, 1]")
+    g.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up of the learning rate, then constant")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
+    g.add_argument("--micro-batch-size", type=int, default=micro_batch, help="rows per forward/backward (memory, not maths)")
+    g.add_argument("--max-nonfinite-steps", type=int, default=3, help="stop after this many steps in a row whose loss or "
+                   "gradient norm is NaN/inf (each such step is skipped: no update)")
+    g = groups["run"]
+    g.add_argument("--out-dir", default=out_dir, help="run directory (must be new or empty)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest intact checkpoint, with its "
+                   "settings; only " + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE[:3]) + " may change")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (0 = only final/). A checkpoint "
+                   "holds the weights and the AdamW state: about 3x the fp32 weights (1.6 GB for the 135M default); "
+                   "the newest two are kept")
+    g.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0 = start and end)")
+    add_tracker_args(ap)
+    return groups
+
+
+def check(condition: bool, message: str):
+    if not condition:
+        raise UsageError(message)
+
+
+def check_range(args, name: str, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """--name must be a finite number in [low, high] (or (low, high] with low_open)."""
+    v = getattr(args, name)
+    flag = "--" + name.replace("_", "-")
+    check(v is not None and math.isfinite(v), f"{flag} {v} is not a finite number")
+    if low is not None:
+        check(v > low if low_open else v >= low, f"{flag} {v} must be {'>' if low_open else '>='} {low}")
+    if high is not None:
+        check(v <= high, f"{flag} {v} must be <= {high}")
+
+
+def check_common(args, world: int, batch_flag: str):
+    for name in ("steps", "micro_batch_size", "max_prompt_tokens", "max_nonfinite_steps"):
+        check_range(args, name, 1)
+    for name in ("save_every", "eval_every", "warmup_steps", "weight_decay"):
+        check_range(args, name, 0)
+    check_range(args, "lr", 0, 1, low_open=True)
+    check_range(args, "grad_clip", 0, low_open=True)
+    check(getattr(args, batch_flag) % world == 0,
+          f"--{batch_flag.replace('_', '-')} {getattr(args, batch_flag)} does not split evenly over {world} ranks")
+    check(not (args.amp and args.dtype != "float32"), "--amp keeps fp32 weights; use it with --dtype float32")
+
+
+def explicit_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> dict:
+    """The flags the command line actually gave (argparse only fills in defaults for attributes not already set)."""
+    unset = object()
+    ns = ap.parse_args(argv, namespace=argparse.Namespace(**{a.dest: unset for a in ap._actions}))
+    return {k: v for k, v in vars(ns).items() if v is not unset}
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; with --resume, the run's own settings, refusing any other changed flag."""
+    args = ap.parse_args(argv)
+    if not args.resume:
+        Run.check_new(args.out_dir)  # fail before any work, not after loading everything
+        return args
+    saved = Run.read_settings(args.resume)
+    given = explicit_flags(ap, argv)
+    for key, value in given.items():
+        if key not in RESUMABLE and key in saved and saved[key] != value:
+            raise UsageError(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]} "
+                             f"({Path(args.resume) / 'settings.json'}); a resumed run keeps its settings, only "
+                             + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume") + " may change")
+    return argparse.Namespace(**{**vars(args), **saved, **{k: given[k] for k in RESUMABLE if k in given},
+                                 "resume": args.resume})
+
+
+def load_splits(args, say) -> tuple[list, list]:
+    """The training and held-out examples the flags name (held-out: [] when args.no_eval).
+
+    A built-in data set trains on 'train' and holds out 'test'. A file with --eval-data trains on all of it; a file
+    alone is split in two by a hash of each prompt (rlsr/data.py), said so. Held-out prompts that also occur in the
+    training data are reported, never silently used."""
+    builtin = not Path(args.data).suffix
+    train_split = args.train_split or ("all" if args.eval_data and not builtin else "train")
+    eval_data = args.eval_data or args.data
+    eval_split = args.eval_split or ("all" if args.eval_data and Path(args.eval_data).suffix else "test")
+    train = load_dataset(args.data, train_split)
+    check(len(train) > 0, f"{args.data} (split {train_split}): no training examples")
+    if not builtin and not args.eval_data and not getattr(args, "no_eval", False):
+        say(f"note: {args.data}: training on its '{train_split}' split and evaluating on its '{eval_split}' split "
+            "(a fixed hash split of the prompts); pass --eval-data FILE to train on all of it")
+    if getattr(args, "no_eval", False):
+        return train, []
+    held = load_dataset(eval_data, eval_split)
+    check(len(held) > 0, f"{eval_data} (split {eval_split}): no held-out examples; pass --eval-data FILE, or --no-eval")
+    seen = {_prompt_key(ex) for ex in train}
+    overlap = sum(_prompt_key(ex) in seen for ex in held)
+    if overlap:
+        say(f"WARNING: {overlap} of {len(held)} held-out prompts ({eval_data}, {eval_split}) also occur in the training "
+            f"data ({args.data}, {train_split}): the held-out figures are partly measured on training data")
+    return train, held
+
+
+def _prompt_key(example) -> str:
+    return " ".join(m["content"] for m in example.messages).strip()
+
+
+def filter_prompts(tok, examples: list, max_tokens: int, what: str, source: str, say) -> tuple[list, dict]:
+    """Examples whose chat-formatted prompt fits max_tokens (and those prompts' ids by id); how many left out is
+    said, and none left is an error naming the data."""
+    kept, ids = chat_prompts(tok, examples, max_tokens)
+    if len(kept) < len(examples):
+        say(f"{what}: left out {len(examples) - len(kept)} of {len(examples)} prompts longer than {max_tokens} tokens")
+    check(len(kept) > 0, f"{source}: all {len(examples)} {what} prompts are longer than --max-prompt-tokens "
+                         f"{max_tokens}")
+    return kept, ids
+
+
+def init_path(args) -> Path:
+    return Path(args.init) if args.init else default_policy_path()
+
+
+def checkpoint_to_resume(args, d) -> Path | None:
+    """With --resume: the newest intact checkpoint (checked by rank 0, the same on every rank); else None."""
+    if not args.resume:
+        return None
+    found = Run(args.resume, {}).intact_checkpoint() if d.main else None
+    found = distributed.gather(found, d)[0]
+    if found is None and any((Path(args.resume) / "checkpoints").glob("step-*")):
+        raise TrainingError(f"{args.resume}: no intact checkpoint (every one fails its manifest); start a new run")
+    return found
+
+
+def load_policy(path: Path, tok: Tokenizer, args, d, dtype: torch.dtype | None = None) -> Transformer:
+    dtype = dtype or getattr(torch, args.dtype)
+    policy = Transformer.from_pretrained(path, dtype=dtype, device=d.device, output_vocab=tok.vocab_size)
+    policy.gradient_checkpointing = args.grad_checkpointing
+    return policy
+
+
+def frozen_dtype(args) -> torch.dtype:
+    """dtype of a frozen model (the KL model): bf16 under --amp, where only the trained policy needs fp32 master
+    weights (half the memory and, with offloading, half the traffic); else the run's --dtype."""
+    return torch.bfloat16 if args.amp else getattr(torch, args.dtype)
+
+
+def open_run(args, d) -> Run:
+    """The run directory, created (or reopened for --resume) now that every input has been checked."""
+    settings = vars(args)
+    run = Run.open(args.resume, settings, d.main) if args.resume else Run.create(args.out_dir, settings, d.main)
+    distributed.barrier(d)
+    return run
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, fused: bool = True):
+    """AdamW (betas 0.9/0.99; fused: one kernel for all parameters) with a linear warm-up over `warmup_steps`
+    optimizer steps, then a constant learning rate."""
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
+    warmup = max(warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
+    return optimizer, scheduler
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all()) for t in tensors)
+
+
+class Trainer:
+    """The machinery around a training loop: the optimizer step with its non-finite guard, logging, compute,
+    checkpoints and the final save. `policy` is the Transformer, `model` what the update runs through (DDP / FSDP2 /
+    the policy itself)."""
+
+    def __init__(self, args, d, run: Run, tok: Tokenizer, policy: Transformer, model, sampler, compute: Compute,
+                 generators: tuple = (), warmup_steps: int | None = None):
+        self.args, self.d, self.run, self.tok, self.policy, self.model = args, d, run, tok, policy, model
+        self.sampler, self.compute, self.generators = sampler, compute, generators
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        fused = not (d.fsdp and d.device.type == "cpu")  # fused AdamW does not take CPU DTensors
+        self.optimizer, self.scheduler = adamw_with_warmup(self.params, args.lr, args.weight_decay,
+                                                           args.warmup_steps if warmup_steps is None else warmup_steps,
+                                                           fused)
+        self.nonfinite_in_row, self.nonfinite_steps = 0, 0
+        self.trackers: Trackers | None = None
+        self.warned: set[str] = set()
+
+    def restore(self, ckpt: Path | None) -> int:
+        """Continue from `ckpt` (None: a new run): optimizer, schedule, data order, RNG, compute. Returns its step."""
+        load = lambda state: distributed.load_optimizer_state(self.model, self.optimizer, state, self.d)  # noqa: E731
+        state = self.run.restore(ckpt, load, self.scheduler, self.sampler, *self.generators)
+        if "compute" in state:
+            self.compute.load_state_dict(state["compute"])
+            self.nonfinite_steps = state["nonfinite_steps"]
+        if self.d.main:
+            self.trackers = Trackers(self.run.path, self.run.settings, self.args,
+                                     state["step"] if self.args.resume else None)
+        return state["step"]
+
+    def step(self, step: int, loss: float) -> tuple[float, bool]:
+        """Clip, check and apply the accumulated gradients. loss: the step's loss summed over ranks. Returns the
+        gradient norm and whether the update was applied (a non-finite loss or norm skips it)."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
+        grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
+        applied = math.isfinite(loss) and math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.nonfinite_in_row = 0
+        else:
+            self.nonfinite_steps += 1
+            self.nonfinite_in_row += 1
+            tqdm.write(f"step {step}: non-finite loss {loss} or gradient norm {grad_norm}; update skipped")
+            if self.nonfinite_in_row >= self.args.max_nonfinite_steps:
+                raise TrainingError(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient norm "
+                                    f"(last at step {step}); nothing was written for them. Lower --lr (now "
+                                    f"{self.args.lr}) or check the data" + self._resume_note())
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
+        if applied and not all_finite(self.params):
+            raise TrainingError(f"the weights became non-finite at step {step} (learning rate {self.args.lr}); they "
+                                "are not saved" + self._resume_note())
+        return grad_norm, applied
+
+    def _resume_note(self) -> str:
+        last = self.run.latest_checkpoint()
+        return f"; the last checkpoint, {last}, is intact" if last else ""
+
+    def log(self, record: dict, file: str = "metrics.jsonl"):
+        """A record to RUN_DIR/file and, for metrics and held-out results, to the trackers."""
+        self.run.log(record, file)
+        if self.trackers is not None and file in ("metrics.jsonl", "eval.jsonl"):
+            self.trackers.log(record, record["step"], "eval/" if file == "eval.jsonl" else "")
+
+    def warn_collapse(self, step: int, metrics: dict):
+        """Say loudly, once, when the policy's next-token distribution is near uniform: a collapsed model."""
+        uniform = math.log(self.policy.output_vocab)
+        if metrics.get("entropy", 0.0) >= 0.9 * uniform and "entropy" not in self.warned:
+            self.warned.add("entropy")
+            tqdm.write(f"WARNING: step {step}: entropy {metrics['entropy']:.2f} nats, near the uniform distribution's "
+                       f"{uniform:.2f}: the policy has collapsed to noise (learning rate {self.args.lr} too high?)")
+
+    def state(self, step: int) -> dict:
+        return {**trainer_state(step, self.model, self.optimizer, self.scheduler, self.sampler, self.d,
+                                *self.generators),
+                "compute": self.compute.state_dict(), "nonfinite_steps": self.nonfinite_steps}
+
+    def _weights(self) -> dict:
+        weights = distributed.full_state_dict(self.model, self.d)
+        check_finite = all_finite(weights.values()) if self.d.main else True
+        if not check_finite:
+            raise TrainingError("non-finite weights; refusing to write them" + self._resume_note())
+        return weights
+
+    def maybe_checkpoint(self, step: int):
+        """Every --save-every steps (collective under FSDP: every rank calls it)."""
+        if not self.args.save_every or step % self.args.save_every:
+            return
+        state = self.state(step)
+        weights = self._weights()
+        self.run.save_checkpoint(step, self.policy, self.tok, state, weights, {"compute.json": self.compute.summary()})
+        if self.d.main:
+            write_curves(self.run.path)
+
+    def finish(self) -> Path:
+        """The final weights (with their compute.json) in RUN_DIR/final."""
+        weights = self._weights()
+        return self.run.save_final(self.policy, self.tok, weights, {"compute.json": self.compute.summary()})
+
+    def close(self):
+        """curves.png of the whole run, and the trackers closed."""
+        if self.d.main:
+            write_curves(self.run.path)
+        if self.trackers is not None:
+            self.trackers.close()
+
+
+def merge_compute(total: Compute, step: Compute, d):
+    """Add every rank's counts of a step (or an evaluation) to the run's total, identical on all ranks."""
+    state = step.state_dict()
+    flat = {f"{kind}/{phase}": v for kind in ("flops", "tokens") for phase, v in state[kind].items()}
+    summed = distributed.all_reduce(flat, d)
+    total.merge({kind: {k.split("/", 1)[1]: v for k, v in summed.items() if k.startswith(kind + "/")}
+                 for kind in ("flops", "tokens")})
+
+
+def compute_offset(path: Path) -> float:
+    """Training FLOPs already spent on the starting checkpoint (its compute.json), 0 for an untrained one."""
+    return float(read_json(Path(path) / "compute.json").get("flops", 0.0))
+
+
+@contextmanager
+def timed(times: dict[str, float], name: str):
+    """Add the wall-clock seconds of the block to times[name]."""
+    t0 = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
