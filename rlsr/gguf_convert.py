@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from tqdm import tqdm
 
 from rlsr.checkpoint import save_safetensors_dir
 
@@ -89,7 +90,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     get = lambda k, d=None: _field(reader, f"llama.{k}", d)  # noqa: E731
     n_head, n_kv, hidden = get("attention.head_count"), get("attention.head_count_kv"), get("embedding_length")
     tensors: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
+    for t in tqdm(reader.tensors, desc=f"converting {Path(gguf_path).name}", unit="tensor", dynamic_ncols=True):
         w = dequantize(t.data, t.tensor_type)  # [out, in]: GGUF lists dims reversed
         parts = t.name.split(".")
         if parts[0] == "blk":
