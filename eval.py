@@ -67,43 +67,37 @@ change). Written to --out-dir:
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import math
 import re
 import shutil
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from rlsr import arena_hard
 from rlsr.assets import default_policy_path, encoder_path
-from rlsr.checkpoint import INDEX, write_json
+from rlsr.checkpoint import write_json
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval
 from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
-from rlsr.judge import (SYSTEM_PROMPT, HTTPJudge, JudgeError, LocalJudge, lc_win_rate, lc_win_rate_resampled,
+from rlsr.judge import (SYSTEM_PROMPT, HTTPJudge, JudgeError, LocalJudge, lc_win_rate,
                         pairwise_win_rate)
-from rlsr.metrics import distinct_n
-from rlsr.model import ModelConfig, Transformer
+from rlsr.metrics import Statistic, distinct_n, interval, paired_differences
+from rlsr.model import Transformer
 from rlsr.plot import plot_eval
+from rlsr.report import report
 from rlsr.reward import BERTScore, SimilarityReward, rouge_l, sentence_bleu
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer
 
 LC_MIN_ITEMS = 5  # alpaca_eval's GLM cross-validates over 5 folds
-# Preferred column order only: a metric not named here still gets a column, after these.
-COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "distinct_2",
-                "arena_hard_win_rate",
-                "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS))
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
                "judge_key_env", "encoder")
@@ -208,58 +202,6 @@ def check_flags(args) -> list[str]:
     return names
 
 
-def read_safetensors_header(file: Path) -> dict:
-    """The JSON header of a safetensors file, checked against the file size (a truncated file fails here)."""
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise EvalError(f"{file}: {size} bytes, too short for a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise EvalError(f"{file}: header of {n} bytes does not fit in the file ({size} bytes): truncated?")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise EvalError(f"{file}: unreadable safetensors header ({e})") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise EvalError(f"{file}: the header describes {8 + n + end} bytes but the file has {size}: truncated")
-    return header
-
-
-def check_weights(path: Path, cfg: ModelConfig) -> None:
-    """Every tensor the model needs is present with its shape, in files whose headers read and sizes match."""
-    index = path / INDEX
-    if index.exists():
-        try:
-            files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise EvalError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
-    elif (path / "model.safetensors").exists():
-        files = [path / "model.safetensors"]
-    else:
-        raise EvalError(f"{path}: no weights (neither model.safetensors nor {INDEX})")
-    shapes = {}
-    for file in files:
-        if not file.exists():
-            raise EvalError(f"{file}: listed in {index} but missing")
-        shapes.update({k: t["shape"] for k, t in read_safetensors_header(file).items() if k != "__metadata__"})
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    if cfg.tie_word_embeddings or ("tie_word_embeddings" not in cfg.hf and "lm_head.weight" not in shapes):
-        expected.pop("lm_head.weight", None)  # as Transformer.from_pretrained ties the head
-    missing = sorted(set(expected) - set(shapes))
-    if missing:
-        raise EvalError(f"{path}: checkpoint is missing tensor {missing[0]!r}"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    wrong = [k for k in expected if shapes[k] != expected[k]]
-    if wrong:
-        raise EvalError(f"{path}: tensor {wrong[0]!r} has shape {shapes[wrong[0]]}, config.json implies "
-                        f"{expected[wrong[0]]}")
-
-
 def read_compute(path: Path) -> dict | None:
     """compute.json of a checkpoint directory ({"flops": float, "tokens": int, ...}), or None if there is none."""
     file = path / "compute.json"
@@ -300,10 +242,9 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
     if not (path / "config.json").exists():
         raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
     try:
-        cfg = ModelConfig.from_file(path / "config.json")
-    except ValueError as e:
+        Transformer.check_pretrained(path)  # config and tensor headers, no weights loaded
+    except (ValueError, FileNotFoundError) as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
-    check_weights(path, cfg)
     try:
         tok = Tokenizer.from_pretrained(path)
         tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
@@ -483,72 +424,7 @@ def prepare_out_dir(args, out: Path) -> None:
                         "--resume to keep its finished checkpoints, or choose another --out-dir")
 
 
-# ---------------------------------------------------------------- per-item records and their statistics
-
-N_BOOT, LEVEL, SEED = 2000, 0.95, 0  # rlsr.metrics.bootstrap's defaults: intervals here use the same draws
-
-
-def draws(n: int) -> np.ndarray:
-    """The bootstrap resamples of n prompts, [N_BOOT, n] indices (the draws rlsr.metrics.bootstrap makes)."""
-    return np.random.default_rng(SEED).integers(0, n, size=(N_BOOT, n))
-
-
-class Statistic:
-    """A per-item record and its metric, on all items (`point`) and on every bootstrap resample (`replicates`,
-    computed once: paired differences subtract two rows' replicates on the same resamples). Records:
-        a list                               the mean
-        {"num": [...], "den": [...]}         sum(num) / sum(den), a pooled rate (IFEval instruction level, the
-                                             Arena-Hard battles of each question); NaN where den sums to 0
-        {"preference", "length", "baseline_length"}   lc_win_rate refitted on the resampled instructions
-    """
-
-    def __init__(self, item):
-        self.n = n_items(item)
-        if isinstance(item, dict) and "num" in item:
-            num, den = (np.asarray(item[k], dtype=np.float64) for k in ("num", "den"))
-            self.fn = lambda idx: _ratio(num[idx].sum(1), den[idx].sum(1))
-        elif isinstance(item, dict):
-            self.fn = lambda idx: lc_win_rate_resampled(item["preference"], item["length"], item["baseline_length"],
-                                                        idx)
-        else:
-            v = np.asarray(item, dtype=np.float64)
-            self.fn = lambda idx: v[idx].mean(1)
-
-    @functools.cached_property
-    def point(self) -> float:
-        return float(self.fn(np.arange(self.n)[None])[0])
-
-    @functools.cached_property
-    def replicates(self) -> np.ndarray:
-        return np.asarray(self.fn(draws(self.n)), dtype=np.float64)
-
-
-def _ratio(num, den):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den  # 0 / 0 (nothing parsed in a resample) is NaN
-
-
-def n_items(item) -> int:
-    if isinstance(item, dict):
-        return len(item["num"] if "num" in item else item["preference"])
-    return len(item)
-
-
-def summarize(point: float, replicates: np.ndarray) -> dict:
-    """{"mean": point, "ci": percentile interval}; resamples where the metric is undefined (NaN: an Arena-Hard
-    resample of dropped questions only) are left out of the interval and counted."""
-    ok = ~np.isnan(replicates)
-    alpha = (1 - LEVEL) / 2
-    ci = [float(np.quantile(replicates[ok], q)) for q in (alpha, 1 - alpha)] if ok.any() else [math.nan] * 2
-    out = {"mean": point, "ci": ci}
-    if not ok.all():
-        out["undefined_resamples"] = int((~ok).sum())
-    return out
-
-
-def interval(stat: Statistic) -> dict:
-    return summarize(stat.point, stat.replicates)
-
+# ---------------------------------------------------------------- per-item records
 
 def ifeval_items(per_prompt: list[dict]) -> dict:
     """Per-prompt records of the four IFEval accuracies (prompt level: a mean; instruction level: pooled)."""
@@ -655,109 +531,6 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
             "notes": notes, "settings": ctx["settings"], "prompts": {b.name: b.ids for b in benches.values()}}
 
 
-# ---------------------------------------------------------------- tables
-
-def column_rank(metric: str) -> tuple[int, str]:
-    for i, pattern in enumerate(COLUMN_ORDER):
-        if metric == pattern or (pattern.endswith("*") and metric.startswith(pattern[:-1])):
-            return i, ""
-    return len(COLUMN_ORDER), metric
-
-
-def columns_of(results: list[dict]) -> list[str]:
-    """Every metric any row has, in the preferred order (first appearance within a group, e.g. encoders)."""
-    seen = list(dict.fromkeys(k for r in results for k in r["metrics"]))
-    return sorted(seen, key=lambda m: column_rank(m))  # stable: ties keep first appearance
-
-
-def fmt(m: dict | None, metric: str, signed: bool = False) -> str:
-    if m is None:
-        return "-"
-    digits = 1 if metric == "length" else 3
-    s = "+" if signed else ""
-    return f"{m['mean']:{s}.{digits}f} [{m['ci'][0]:.{digits}f}, {m['ci'][1]:.{digits}f}]"
-
-
-def fmt_flops(compute: dict | None) -> str:
-    if not compute:
-        return "-"
-    x = float(compute["flops"])
-    if x == 0:
-        return "0"
-    e = math.floor(math.log10(x))
-    m = round(x / 10 ** e, 1)
-    if m >= 10:
-        m, e = m / 10, e + 1
-    return f"{m:.1f}e{e}"
-
-
-def table(rows: list[tuple[str, list[str]]], head: list[str]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([name] + cells) + " |" for name, cells in rows]
-    return "\n".join(lines) + "\n"
-
-
-def paired_differences(stats: dict, a: str, b: str) -> dict:
-    """A - B for every metric both rows have, bootstrapped over the shared prompts."""
-    out = {}
-    for key in stats[a]:
-        if key not in stats[b] or stats[a][key].n != stats[b][key].n:
-            continue
-        sa, sb = stats[a][key], stats[b][key]
-        out[key] = summarize(sa.point - sb.point, sa.replicates - sb.replicates)
-    return out
-
-
-def across_seeds(results: list[dict], columns: list[str]) -> str:
-    """Rows named METHOD@SEED (reproduce.sh --seeds N): each method's mean over seeds and the spread between them
-    (sample std over seeds, and the smallest and largest seed). Empty when no method has two seeds."""
-    groups: dict[str, list[dict]] = {}
-    for r in results:
-        method, at, seed = r["name"].rpartition("@")
-        if at and seed.isdigit():
-            groups.setdefault(method, []).append(r)
-    rows = []
-    for method, rs in groups.items():
-        if len(rs) < 2:
-            continue
-        cells = []
-        for c in columns:
-            v = np.array([r["metrics"][c]["mean"] for r in rs if c in r["metrics"]])
-            digits = 1 if c == "length" else 3
-            cells.append(f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
-                         if len(v) > 1 else "-")
-        rows.append((f"{method} ({len(rs)} seeds)", cells))
-    if not rows:
-        return ""
-    return ("\nAcross training seeds: mean ± std over seeds (smallest-largest seed):\n\n"
-            + table(rows, ["method"] + columns))
-
-
-def report(results: list[dict], paired: list[dict], benches: dict[str, Bench], judged: bool,
-           max_tokens: int) -> str:
-    columns = columns_of(results)
-    md = table([(r["name"], [fmt_flops(r.get("compute"))] + [fmt(r["metrics"].get(c), c) for c in columns])
-                for r in results], ["method", "compute (training FLOPs)"] + columns)
-    if paired:
-        md += ("\nPaired differences A - B on the same prompts (paired bootstrap 95% interval over prompts):\n\n"
-               + table([(p["name"], [fmt(p["metrics"].get(c), c, signed=True) for c in columns]) for p in paired],
-                       ["difference"] + columns))
-    md += across_seeds(results, columns)
-    md += "\nBenchmarks (prompts evaluated; left out: longer than --max-prompt-tokens "
-    md += f"{max_tokens} for some checkpoint's tokenizer):\n\n"
-    labels = {"alpaca_eval": "AlpacaEval (win_rate, lc_win_rate, cosine_*, rouge_l, length, distinct_2)",
-              "arena_hard": "Arena-Hard v2.0 (arena_hard_win_rate*)", "ifeval": "IFEval (ifeval_*)"}
-    for b in benches.values():
-        md += f"- {labels[b.name]}: {len(b.items)} of {b.total} prompts, {len(b.left_out)} left out\n"
-    if not judged:
-        md += ("\nNo judge was given (--judge or --judge-url), so there are no win-rate columns (AlpacaEval "
-               "win_rate and lc_win_rate, Arena-Hard); Arena-Hard answers are written for a later judge.\n")
-    notes = [f"{r['name']}: {n}" for r in results for n in r.get("notes", [])]
-    if notes:
-        md += "\n" + "".join(f"- {n}\n" for n in notes)
-    return md
-
-
 # ---------------------------------------------------------------- main
 
 def prepare(args) -> dict:
@@ -836,10 +609,10 @@ def main(argv=None):
     pairs = [tuple(p.split(":", 1)) for p in args.compare] or [(r["name"], rows[0]["name"]) for r in rows[1:]]
     paired = [{"name": f"{a} - {b}", "a": a, "b": b, "metrics": paired_differences(ctx["stats"], a, b)}
               for a, b in pairs]
-    md = report(rows, paired, benches, ctx["judges"] is not None, args.max_prompt_tokens)
     prompts = {b.name: {"total": b.total, "evaluated": len(b.items), "left_out": len(b.left_out),
                         "left_out_ids": b.left_out, "max_prompt_tokens": args.max_prompt_tokens}
                for b in benches.values()}
+    md = report(rows, paired, prompts, ctx["judges"] is not None, args.max_prompt_tokens)
     (out / "results.md").write_text(md)
     write_json(out / "results.json", {"settings": ctx["settings"], "prompts": prompts, "results": rows,
                                       "paired": paired})

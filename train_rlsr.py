@@ -31,7 +31,7 @@ from rlsr.metrics import StepSamples, format_ci, paired_bootstrap_ci, step_metri
 from rlsr.reward import RewardConfig, add_reward_args, build_reward
 from rlsr.sampling import Rollout, SamplingParams, complete, draw_uniforms, generate
 from rlsr.tokenizer import Tokenizer
-from rlsr.training import check, check_range
+from rlsr.training import check_range
 
 
 def build_parser() -> argparse.ArgumentParser:

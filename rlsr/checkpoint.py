@@ -34,46 +34,67 @@ def _open(file: Path, device=None):
     try:
         return safe_open(file, "pt", device=str(device or "cpu"))
     except Exception as e:  # safetensors raises its own SafetensorError, not an OSError
-        raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+        raise ValueError(f"{file}: not a readable safetensors file (truncated or corrupt: {e})") from None
 
 
 def shard_files(path: Path) -> dict[str, Path]:
     """tensor name -> file holding it."""
     if (path / INDEX).exists():
-        index = json.loads((path / INDEX).read_text())
-        return {name: path / file for name, file in index["weight_map"].items()}
+        try:
+            index = json.loads((path / INDEX).read_text())
+            return {name: path / file for name, file in index["weight_map"].items()}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path / INDEX}: not a safetensors index ({type(e).__name__}: {e})") from None
     single = path / "model.safetensors"
     if not single.exists():
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor {INDEX} found")
+        raise FileNotFoundError(f"{path}: no weights (neither model.safetensors nor {INDEX})")
     with _open(single) as f:
         return {name: single for name in f.keys()}
 
 
-def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], optional: set[str] = frozenset(),
-                         dtype: torch.dtype | None = None, device=None) -> dict[str, torch.Tensor]:
-    """Read every tensor of an HF-layout directory, checking names and shapes against `expected`.
-
-    Raises a ValueError naming the first missing tensor, unexpected tensor or shape mismatch. Names in `optional`
-    may be present or absent and are returned when present.
-    """
+def stored_shapes(path: str | Path) -> dict[str, list[int]]:
+    """Name -> shape of every stored tensor, from the files' headers only (no tensor is read). safe_open checks that
+    a file's header and size agree, so a truncated file fails here."""
     path = Path(path)
     where = shard_files(path)
-    missing = sorted(set(expected) - set(where))
+    shapes = {}
+    for file in sorted(set(where.values())):
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: listed in {path / INDEX} but missing")
+        with _open(file) as f:
+            shapes.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+    return shapes
+
+
+def check_tensors(path: Path, stored: dict[str, list[int]], expected: dict[str, torch.Size],
+                  optional: set[str] = frozenset()):
+    """A ValueError naming the first missing tensor, unexpected tensor or shape mismatch; names in `optional` may be
+    present or absent."""
+    missing = sorted(set(expected) - set(stored))
     if missing:
         raise ValueError(f"{path}: checkpoint is missing tensor {missing[0]!r}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = sorted(set(where) - set(expected) - set(optional))
+    extra = sorted(set(stored) - set(expected) - set(optional))
     if extra:
         raise ValueError(f"{path}: checkpoint has unexpected tensor {extra[0]!r}"
                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    wrong = [k for k in expected if list(stored[k]) != list(expected[k])]
+    if wrong:
+        raise ValueError(f"{path}: tensor {wrong[0]!r} has shape {list(stored[wrong[0]])}, the model expects "
+                         f"{list(expected[wrong[0]])}")
+
+
+def load_safetensors_dir(path: str | Path, expected: dict[str, torch.Size], optional: set[str] = frozenset(),
+                         dtype: torch.dtype | None = None, device=None) -> dict[str, torch.Tensor]:
+    """Read every tensor of an HF-layout directory, after checking names and shapes against `expected`
+    (`check_tensors`). Names in `optional` are returned when present."""
+    path = Path(path)
+    check_tensors(path, stored_shapes(path), expected, optional)
     out = {}
-    for file in sorted(set(where.values())):
+    for file in sorted(set(shard_files(path).values())):
         with _open(file, device) as f:
             for name in f.keys():
                 t = f.get_tensor(name)
-                if name in expected and t.shape != expected[name]:
-                    raise ValueError(f"{file}: tensor {name!r} has shape {list(t.shape)}, "
-                                     f"the model expects {list(expected[name])}")
                 out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     return out
 

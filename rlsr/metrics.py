@@ -9,6 +9,7 @@ Words are lower-cased whitespace/punctuation-separated tokens (`words`), so the 
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from rlsr.grpo import reward_stats
-from rlsr.reward import rouge_l  # noqa: F401  ROUGE-L is defined with the rewards; re-exported for eval.py
+from rlsr.judge import lc_win_rate_resampled
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -53,7 +54,26 @@ def pearson(x, y) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def bootstrap(statistic, n: int, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+N_BOOT, LEVEL, SEED = 2000, 0.95, 0  # every interval in rlsr: 2000 percentile-bootstrap resamples, seed 0
+
+
+def draws(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
+    """The bootstrap resamples of n items: [n_boot, n] indices. The same for every metric of the same n items, so
+    two metrics' replicates are paired resample by resample."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def percentile_interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates; resamples where the metric is undefined (NaN) are left out."""
+    ok = replicates[~np.isnan(replicates)]
+    if not len(ok):
+        return math.nan, math.nan
+    alpha = (1 - level) / 2
+    return float(np.quantile(ok, alpha)), float(np.quantile(ok, 1 - alpha))
+
+
+def bootstrap(statistic, n: int, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED
+              ) -> tuple[float, float, float]:
     """Percentile bootstrap over n items: (statistic on all items, low, high).
 
     statistic maps an index array [B, n] (B resamples of the items) to B values, e.g. a mean, a ratio of sums, or a
@@ -61,11 +81,9 @@ def bootstrap(statistic, n: int, n_boot: int = 2000, level: float = 0.95, seed: 
     """
     if n == 0:
         return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    values = statistic(rng.integers(0, n, size=(n_boot, n)))
-    alpha = (1 - level) / 2
+    values = np.asarray(statistic(draws(n, n_boot, seed)), dtype=np.float64)
     point = float(statistic(np.arange(n)[None])[0])
-    return point, float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    return (point, *percentile_interval(values, level))
 
 
 def bootstrap_ci(values, **kw) -> tuple[float, float, float]:
@@ -80,6 +98,74 @@ def paired_bootstrap_ci(a, b, **kw) -> tuple[float, float, float]:
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in size: {a.shape} vs {b.shape}")
     return bootstrap_ci(b - a, **kw)
+
+
+class Statistic:
+    """A per-item record and its metric, on all items (`point`) and on every bootstrap resample (`replicates`,
+    computed once: paired differences subtract two rows' replicates on the same resamples). Records:
+        a list                               the mean
+        {"num": [...], "den": [...]}         sum(num) / sum(den), a pooled rate (IFEval instruction level, the
+                                             Arena-Hard battles of each question); NaN where den sums to 0
+        {"preference", "length", "baseline_length"}   lc_win_rate refitted on the resampled instructions
+    """
+
+    def __init__(self, item):
+        self.n = n_items(item)
+        if isinstance(item, dict) and "num" in item:
+            num, den = (np.asarray(item[k], dtype=np.float64) for k in ("num", "den"))
+            self.fn = lambda idx: _ratio(num[idx].sum(1), den[idx].sum(1))
+        elif isinstance(item, dict):
+            self.fn = lambda idx: lc_win_rate_resampled(item["preference"], item["length"], item["baseline_length"],
+                                                        idx)
+        else:
+            v = np.asarray(item, dtype=np.float64)
+            self.fn = lambda idx: v[idx].mean(1)
+
+    @functools.cached_property
+    def point(self) -> float:
+        return float(self.fn(np.arange(self.n)[None])[0])
+
+    @functools.cached_property
+    def replicates(self) -> np.ndarray:
+        return np.asarray(self.fn(draws(self.n)), dtype=np.float64)
+
+
+def _ratio(num, den):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den  # 0 / 0 (nothing parsed in a resample) is NaN
+
+
+def n_items(item) -> int:
+    if isinstance(item, dict):
+        return len(item["num"] if "num" in item else item["preference"])
+    return len(item)
+
+
+def summarize(point: float, replicates: np.ndarray) -> dict:
+    """{"mean": point, "ci": percentile interval}; resamples where the metric is undefined (NaN: an Arena-Hard
+    resample of dropped questions only) are left out of the interval and counted."""
+    out = {"mean": point, "ci": list(percentile_interval(replicates))}
+    undefined = int(np.isnan(replicates).sum())
+    if undefined:
+        out["undefined_resamples"] = undefined
+    return out
+
+
+def interval(stat: Statistic) -> dict:
+    return summarize(stat.point, stat.replicates)
+
+
+
+
+def paired_differences(stats: dict, a: str, b: str) -> dict:
+    """A - B for every metric both rows have, bootstrapped over the shared prompts."""
+    out = {}
+    for key in stats[a]:
+        if key not in stats[b] or stats[a][key].n != stats[b][key].n:
+            continue
+        sa, sb = stats[a][key], stats[b][key]
+        out[key] = summarize(sa.point - sb.point, sa.replicates - sb.replicates)
+    return out
 
 
 def format_ci(ci: tuple[float, float, float], digits: int = 4) -> str:

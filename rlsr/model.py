@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}
+OPTIONAL_TENSORS = {"lm_head.weight", "model.rotary_emb.inv_freq"}  # a tied checkpoint may store a head copy
 
 
 @dataclass
@@ -288,27 +289,39 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @classmethod
+    def check_pretrained(cls, path: str | Path) -> tuple[ModelConfig, dict[str, torch.Size]]:
+        """Check an HF-layout directory without loading its weights: config.json parses and is supported, and the
+        stored tensors (read from the safetensors headers) are the ones this config needs, with their shapes. A
+        config.json without `tie_word_embeddings` is untied, as in transformers, unless the checkpoint stores no
+        lm_head.weight (then the head can only be the embedding). Returns the config and the expected shapes."""
+        from rlsr.checkpoint import check_tensors, stored_shapes
+        path = Path(path)
+        cfg = ModelConfig.from_file(path / "config.json")
+        stored = stored_shapes(path)
+        if "tie_word_embeddings" not in cfg.hf and "lm_head.weight" not in stored:
+            cfg = replace(cfg, tie_word_embeddings=True)
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in cls(cfg).state_dict().items()}
+        if cfg.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        check_tensors(path, stored, expected, OPTIONAL_TENSORS)
+        return cfg, expected
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, output_vocab: int | None = None) -> "Transformer":
-        """Load an HF-layout directory (config.json + model.safetensors or a sharded index).
+        """Load an HF-layout directory (config.json + model.safetensors or a sharded index), checked first
+        (`check_pretrained`).
 
         dtype None keeps the dtype the weights are stored in; device None means CPU. output_vocab: the tokenizer's
         vocabulary size (rlsr.tokenizer.Tokenizer.vocab_size) when the embedding has more rows than real tokens.
-        A config.json without `tie_word_embeddings` is untied, as in transformers, unless the checkpoint stores no
-        lm_head.weight (then the head can only be the embedding).
         """
-        from rlsr.checkpoint import load_safetensors_dir, shard_files
+        from rlsr.checkpoint import load_safetensors_dir
         path = Path(path)
-        cfg = ModelConfig.from_file(path / "config.json")
-        if "tie_word_embeddings" not in cfg.hf and "lm_head.weight" not in shard_files(path):
-            cfg = replace(cfg, tie_word_embeddings=True)
+        cfg, expected = cls.check_pretrained(path)
         with torch.device("meta"):
             model = cls(cfg)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        if cfg.tie_word_embeddings:
-            expected.pop("lm_head.weight")
-        tensors = load_safetensors_dir(path, expected, optional={"lm_head.weight", "model.rotary_emb.inv_freq"},
-                                       dtype=dtype, device=device)
+        tensors = load_safetensors_dir(path, expected, OPTIONAL_TENSORS, dtype=dtype, device=device)
         tensors.pop("model.rotary_emb.inv_freq", None)
         if cfg.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)  # some tied checkpoints store a copy; HF ignores it too

@@ -10,7 +10,7 @@ import pytest
 
 import eval as evaluation
 from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data
-from rlsr import arena_hard
+from rlsr import arena_hard, report
 from rlsr.data import load_arena_hard, load_dataset, load_ifeval
 from rlsr.judge import lc_win_rate
 from rlsr.metrics import paired_bootstrap_ci
@@ -343,10 +343,10 @@ def test_columns_are_derived_from_the_metrics_in_the_preferred_order():
     rows = [{"name": "x", "metrics": {"zeta_new": m, "ifeval_inst_level_loose": m, "cosine_mpnet": m, "length": m,
                                       "cosine_minilm": m, "arena_hard_win_rate_creative_writing": m}},
             {"name": "y", "metrics": {"win_rate": m, "alpha_new": m, "arena_hard_win_rate": m}}]
-    assert evaluation.columns_of(rows) == ["win_rate", "cosine_mpnet", "cosine_minilm", "length",
+    assert report.columns_of(rows) == ["win_rate", "cosine_mpnet", "cosine_minilm", "length",
                                            "arena_hard_win_rate", "arena_hard_win_rate_creative_writing",
                                            "ifeval_inst_level_loose", "alpha_new", "zeta_new"]
-    md = evaluation.report(rows, [], {}, judged=True, max_tokens=512)
+    md = report.report(rows, [], {}, judged=True, max_tokens=512)
     assert md.splitlines()[0].endswith("| alpha_new | zeta_new |")
     assert "| x | - | - | 0.500 [0.400, 0.600] |" in md   # y's win_rate is absent for x: "-"
 
@@ -354,8 +354,8 @@ def test_columns_are_derived_from_the_metrics_in_the_preferred_order():
 @pytest.mark.parametrize("flops,cell", [(3.14e15, "3.1e15"), (9.96e15, "1.0e16"), (1.0, "1.0e0"), (0, "0"),
                                         (123456789.0, "1.2e8")])
 def test_compute_cell(flops, cell):
-    assert evaluation.fmt_flops({"flops": flops}) == cell
-    assert evaluation.fmt_flops(None) == "-"
+    assert report.fmt_flops({"flops": flops}) == cell
+    assert report.fmt_flops(None) == "-"
 
 
 def test_bad_compute_json_is_rejected(tiny, tmp_path, capsys):

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from rlsr.metrics import bootstrap, bootstrap_ci, copy_fraction, distinct_n, paired_bootstrap_ci, pearson, rouge_l, words
+from rlsr.metrics import bootstrap, bootstrap_ci, copy_fraction, distinct_n, paired_bootstrap_ci, pearson, words
+from rlsr.reward import rouge_l
 
 
 def test_bootstrap_interval_of_a_normal_mean():
