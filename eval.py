@@ -120,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (0 = all)")
     g.add_argument("--arena-hard-limit", type=int, default=0, help="first N Arena-Hard prompts (0 = as --limit)")
     g.add_argument("--ifeval-limit", type=int, default=0, help="first N IFEval prompts (0 = as --limit)")
+    g.add_argument("--spread", action="store_true", help="with a limit: N prompts spread over the whole benchmark "
+                   "(the N smallest sha256 of their ids, kept in file order) instead of the first N, so every "
+                   "subset of AlpacaEval (ordered by subset in its file) is represented")
     g.add_argument("--max-prompt-tokens", type=int, default=512,
                    help="leave out prompts longer than this (chat-formatted, under any checkpoint's tokenizer)")
     g.add_argument("--no-alpaca-eval", action="store_true", help="skip AlpacaEval (--data)")
@@ -274,21 +277,34 @@ class Bench:
     left_out: list[str] = field(default_factory=list)
 
 
+def take(items: list, ids: list[str], n: int | None, spread: bool) -> list:
+    """The first n items, or with `spread` the n whose ids have the smallest sha256 (in their file order)."""
+    if not n or n >= len(items):
+        return items
+    if not spread:
+        return items[:n]
+    chosen = set(sorted(range(len(items)), key=lambda i: hashlib.sha256(ids[i].encode()).hexdigest())[:n])
+    return [x for i, x in enumerate(items) if i in chosen]
+
+
 def load_benchmarks(args) -> dict[str, Bench]:
     n = args.limit or None
     out = {}
     if not args.no_alpaca_eval:
         try:
-            held = load_dataset(args.data, args.split)[:n]
+            held = load_dataset(args.data, args.split)
         except (DataError, ValueError, FileNotFoundError) as e:
             raise EvalError(f"--data {args.data} --split {args.split}: {e}") from None
+        held = take(held, [ex.id for ex in held], n, args.spread)
         out["alpaca_eval"] = Bench("alpaca_eval", held, [ex.id for ex in held], [ex.prompt_messages() for ex in held])
     if not args.no_arena_hard:
-        qs = load_arena_hard()[:args.arena_hard_limit or n]
+        qs = load_arena_hard()
+        qs = take(qs, [q["uid"] for q in qs], args.arena_hard_limit or n, args.spread)
         out["arena_hard"] = Bench("arena_hard", qs, [q["uid"] for q in qs],
                                   [[{"role": "user", "content": q["prompt"]}] for q in qs])
     if not args.no_ifeval:
-        recs = load_ifeval()[:args.ifeval_limit or n]
+        recs = load_ifeval()
+        recs = take(recs, [str(r["key"]) for r in recs], args.ifeval_limit or n, args.spread)
         out["ifeval"] = Bench("ifeval", recs, [str(r["key"]) for r in recs],
                               [[{"role": "user", "content": r["prompt"]}] for r in recs])
     for b in out.values():

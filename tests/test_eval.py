@@ -198,6 +198,14 @@ def test_bertscore_and_bleu_columns_equal_the_rewards_and_seeds_are_summarised(t
     assert f"{np.mean(cosines):.3f} ± {np.std(cosines, ddof=1):.3f}" in row
 
 
+def test_spread_takes_prompts_by_hash_in_file_order():
+    items = [f"p{i}" for i in range(10)]
+    picked = evaluation.take(items, items, 4, spread=True)
+    by_hash = sorted(items, key=lambda x: hashlib.sha256(x.encode()).hexdigest())[:4]
+    assert picked == [x for x in items if x in by_hash] and evaluation.take(items, items, 4, False) == items[:4]
+    assert evaluation.take(items, items, None, True) == items
+
+
 # ---------------------------------------------------------------- the prompt-length filter
 
 
