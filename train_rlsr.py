@@ -272,8 +272,8 @@ def main(argv=None):
             rows = d.share(len(everything.rewards))
             all_rewards = torch.tensor(everything.rewards)
             adv = group_advantages(all_rewards, G, args.scale_rewards, args.std_floor)[rows]
-            keep = ~near_ties(all_rewards, G, args.tie_tolerance) if args.drop_ties else None
-            weights = row_weights(torch.tensor(everything.lengths), args.loss_aggregation, T_new, keep)[rows]
+            trained = ~near_ties(all_rewards, G, args.tie_tolerance) if args.drop_ties else None
+            weights = row_weights(torch.tensor(everything.lengths), args.loss_aggregation, T_new, trained)[rows]
             mbs = group_batches(rollout.lengths + rollout.prompt_mask.sum(-1), G, args.micro_batch_size)
         # ---- frozen log-probs: the KL model's and, when a rollout is reused, the policy's own before updating
         kl_logp, old_logp = {}, {}

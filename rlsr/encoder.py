@@ -386,9 +386,9 @@ class Encoder(nn.Module):
         if self.end_id is None:  # BERT/MPNet: tokenizers' truncation keeps the rest in `overflowing`
             encodings = self.tokenizer.encode_batch(texts)
             return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
-        keep = self.max_seq_length - 1
+        room = self.max_seq_length - 1  # for the text; the end token takes the last position
         ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        return [x[:keep] + [self.end_id] for x in ids], [len(x) > keep for x in ids]
+        return [x[:room] + [self.end_id] for x in ids], [len(x) > room for x in ids]
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 16, return_truncated: bool = False):

@@ -124,14 +124,14 @@ def reward_stats(rewards: torch.Tensor, group_size: int, scale: str = "group", s
 
 
 def row_weights(lengths: torch.Tensor, aggregation: str = "token", max_new_tokens: int | None = None,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
+                trained: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row loss weights [N] for the whole step from completion lengths [N]: loss = sum_rows w_r * sum_t l_rt.
 
-    keep [N] (bool) removes rows (e.g. dropped near-tie groups) from the loss and from the normaliser.
+    trained [N] (bool): rows in the loss; the others (e.g. dropped near-tie groups) leave it and its normaliser.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    n = lengths.double() if keep is None else lengths.double() * keep.double()     # [N] trained tokens per row
+    n = lengths.double() if trained is None else lengths.double() * trained.double()  # [N] trained tokens per row
     n_seq = max(int((n > 0).sum()), 1)
     if aggregation == "token":
         w = (n > 0).double() / max(n.sum().item(), 1.0)

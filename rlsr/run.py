@@ -100,7 +100,7 @@ class Run:
         self.path = Path(path)
         self.settings = settings
         self.writer = writer
-        self.keep = keep_checkpoints
+        self.keep_checkpoints = keep_checkpoints
         self.ckpt_dir = self.path / "checkpoints"
 
     @staticmethod
@@ -202,7 +202,7 @@ class Run:
         os.replace(tmp_latest, latest)
         apply_umask(latest)
         older = sorted(p for p in self.ckpt_dir.glob("step-*") if p.name != name)
-        for old in older[:max(0, len(older) - (self.keep - 1))]:
+        for old in older[:max(0, len(older) - (self.keep_checkpoints - 1))]:
             shutil.rmtree(old)
         return self.ckpt_dir / name
 

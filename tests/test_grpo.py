@@ -73,7 +73,7 @@ def test_row_weights_for_each_aggregation():
     assert torch.allclose(row_weights(lengths, "sequence"), torch.tensor([1 / 6, 1 / 2]))
     assert torch.allclose(row_weights(lengths, "constant", max_new_tokens=4), torch.tensor([1 / 8, 1 / 8]))
     # dropping row 1 removes it from the loss and from the normaliser
-    assert torch.allclose(row_weights(lengths, "token", keep=torch.tensor([True, False])), torch.tensor([1 / 3, 0]))
+    assert torch.allclose(row_weights(lengths, "token", trained=torch.tensor([True, False])), torch.tensor([1 / 3, 0]))
 
 
 def _one_token(ratio, adv, eps=0.1):
