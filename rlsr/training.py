@@ -32,6 +32,7 @@ from rlsr.tracking import Trackers, add_tracker_args
 # Flags a resumed run may change; every other flag is the run's own (settings.json).
 RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "device", "max_nonfinite_steps",
              "wandb", "tensorboard")
+RESUMABLE_FLAGS = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume")
 
 
 class UsageError(ValueError):
@@ -99,7 +100,7 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     g = groups["run"]
     g.add_argument("--out-dir", default=out_dir, help="run directory (must be new or empty)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest intact checkpoint, with its "
-                   "settings; only " + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE[:3]) + " may change")
+                   f"settings; only {RESUMABLE_FLAGS} may change")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (0 = only final/). A checkpoint "
                    "holds the weights and the AdamW state: about 3x the fp32 weights (1.6 GB for the 135M default); "
@@ -156,7 +157,7 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Names
         if key not in RESUMABLE and key in saved and saved[key] != value:
             raise UsageError(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]} "
                              f"({Path(args.resume) / 'settings.json'}); a resumed run keeps its settings, only "
-                             + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume") + " may change")
+                             f"{RESUMABLE_FLAGS} may change")
     return argparse.Namespace(**{**vars(args), **saved, **{k: given[k] for k in RESUMABLE if k in given},
                                  "resume": args.resume})
 
