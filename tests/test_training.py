@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -246,3 +247,15 @@ def test_kl_model_is_bf16_under_amp_and_the_readme_memory_figures_hold():
     assert round(2 * n / 1e9) == 15        # the bf16 KL model: "the bf16 KL model adds 15 GB"
     assert round(4 * n / 1e9, 1) == 30.5   # fp32 weights gathered for sampling: "30.5 GB"
     assert round(16 * n / 8 / 1e9) == 15   # fp32 weights + grads + AdamW (16 B/param) over 8 GPUs: "15 GB per GPU"
+
+
+def test_a_policy_collapsed_to_noise_is_warned_about_once(capsys):
+    """Entropy at >= 90% of ln V (a learning rate that turned the model into noise) is said loudly, once per run."""
+    trainer = SimpleNamespace(policy=SimpleNamespace(output_vocab=49152), warned=set(), args=SimpleNamespace(lr=1e-2))
+    training.Trainer.warn_collapse(trainer, 3, {"entropy": 2.1})          # a healthy policy: silent
+    assert capsys.readouterr().out == ""
+    training.Trainer.warn_collapse(trainer, 4, {"entropy": 10.80})        # ln 49152 = 10.80
+    out = capsys.readouterr().out
+    assert "WARNING: step 4: entropy 10.80 nats" in out and "collapsed" in out and "0.01" in out
+    training.Trainer.warn_collapse(trainer, 5, {"entropy": 10.81})
+    assert capsys.readouterr().out == ""
