@@ -118,12 +118,15 @@ def bench_rlsr_step(args):
                 "--device", args.device, "--save-every", "0", "--sample-every", "0", "--lr", "1e-6"]
         if args.model:
             argv += ["--init", args.model]
+        if args.compile:
+            argv += ["--compile-sampling"]
+        cpu_matmul.enabled = not args.plain_matmul
         with profiled(args.profile) as prof:
             train_rlsr.main(argv)
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     if prof is not None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
-    timed = metrics[1:] or metrics  # the first step is the warm-up
+    timed = metrics[1:]  # the first step is the warm-up
     for part in [k for k in timed[0] if k.startswith("time/")]:
         print(f"{part}: median {statistics.median(m[part] for m in timed):.2f} s")
     print(f"steps={[round(m['step_time'], 2) for m in metrics]} completion tokens/step "
@@ -139,9 +142,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="HF-layout policy directory (default: packaged SmolLM2-135M-Instruct)")
-    common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    common.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median is reported")
     common.add_argument("--profile", action="store_true", help="print the top operators of the first timed run")
     common.add_argument("--compile", action="store_true", help="torch.compile'd static-shape decode step "
                         "(CUDA graphs on a GPU; slow to compile and no faster on a CPU)")
@@ -149,6 +150,8 @@ def main():
     common.add_argument("--plain-matmul", action="store_true", help="decode without the CPU few-row product "
                         "(rlsr/cpu_matmul.py), to measure what it gains")
     s = sub.add_parser("sample", parents=[common], help="sampling throughput, one chat prompt, stop tokens ignored")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median is reported")
     s.add_argument("--rows", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=128)
     s = sub.add_parser("rlsr-step", parents=[common], help="seconds per full RLSR step (TRL anchor's workload)")
@@ -156,8 +159,11 @@ def main():
     s.add_argument("--group", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=64)
     s.add_argument("--beta", type=float, default=0.04)
-    s.add_argument("--steps", type=int, default=4, help="steps run; the first is a warm-up")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--steps", type=int, default=4, help="steps run (>= 2); the first is a warm-up")
     args = ap.parse_args()
+    if args.cmd == "rlsr-step" and args.steps < 2:
+        ap.error("rlsr-step --steps must be >= 2: the first step is a warm-up and is not timed")
     {"sample": bench_sample, "rlsr-step": bench_rlsr_step}[args.cmd](args)
 
 

@@ -42,7 +42,12 @@ resample holding only dropped questions has no win rate and is left out of the i
 
 Prompts whose chat-formatted form is longer than --max-prompt-tokens (default 512, the training default) under
 ANY checkpoint's tokenizer are left out for all checkpoints (so rows stay paired), counted per benchmark, printed
-and recorded in results.json ("prompts"). --limit applies first: the first N prompts, then the length filter.
+and recorded in results.json ("prompts"). --limit applies first: the first N prompts (with --spread, N spread over
+the benchmark), then the length filter.
+
+Held out: without --split, AlpacaEval is evaluated whole (805), or on its test split (161) when a checkpoint's run
+trained on alpaca_eval (read from the settings.json beside its weights), and said so. Whatever the split, AlpacaEval
+prompts a checkpoint was trained on are counted and reported (a WARNING, and a note in results.md).
 
 Robustness: every flag, checkpoint (config.json, safetensors headers and sizes, tokenizer), encoder, judge and data
 file is checked before any work, and nothing is written when a check fails (`error: ...`, exit status 2). An
@@ -96,6 +101,7 @@ from rlsr.report import report
 from rlsr.reward import BERTScore, SimilarityReward, rouge_l, sentence_bleu
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer
+from rlsr.training import prompt_key, splits
 
 LC_MIN_ITEMS = 5  # alpaca_eval's GLM cross-validates over 5 folds
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
@@ -116,7 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--names", nargs="+", help="row names (default: derived from the paths)")
     g = ap.add_argument_group("benchmarks")
     g.add_argument("--data", default="alpaca_eval", help="AlpacaEval-style prompts with references (rlsr/data.py)")
-    g.add_argument("--split", default="all", help="split of --data alpaca_eval: all (805), test (161), train (644)")
+    g.add_argument("--split", help="split of --data alpaca_eval: all (805), test (161), train (644); default all, or "
+                   "test when a checkpoint was trained on alpaca_eval")
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (0 = all)")
     g.add_argument("--arena-hard-limit", type=int, default=0, help="first N Arena-Hard prompts (0 = as --limit)")
     g.add_argument("--ifeval-limit", type=int, default=0, help="first N IFEval prompts (0 = as --limit)")
@@ -162,9 +169,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- checks (nothing is written before they pass)
 
+def run_name(path: Path) -> str:
+    """A checkpoint directory's name: the run's for RUN/final and RUN/model, else its own."""
+    return path.parent.name if path.name in ("final", "model") else path.name
+
+
 def name_of(path: str) -> str:
-    p = Path(path)
-    return "base" if path == "base" else (p.parent.name if p.name in ("final", "model") else p.name)
+    return "base" if path == "base" else run_name(Path(path))
 
 
 def check_flags(args) -> list[str]:
@@ -257,10 +268,55 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
                       tokenizer_fingerprint(path))
 
 
+def trained_on(ckpt: Checkpoint) -> tuple[str, str] | None:
+    """(data, split) the checkpoint's run trained on, from the settings.json saved with its weights; None if unknown."""
+    p = ckpt.path / "settings.json"
+    if ckpt.spec == "base" or not p.exists():
+        return None
+    try:
+        s = json.loads(p.read_text())
+        flags = argparse.Namespace(**{k: s.get(k) for k in ("train_split", "eval_data", "eval_split")}, data=s["data"])
+        return s["data"], splits(flags)[0]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def resolve_split(args, checkpoints: list[Checkpoint]):
+    """--split when given; else AlpacaEval's test split if a checkpoint trained on alpaca_eval, else all of it."""
+    if args.split is not None:
+        return
+    trained = sorted(c.name for c in checkpoints if (trained_on(c) or ("",))[0] == args.data == "alpaca_eval")
+    args.split = "test" if trained else "all"
+    if trained:
+        print(f"note: {', '.join(trained)} trained on alpaca_eval: evaluating on its test split, the prompts they "
+              "did not train on (--split all for all 805)")
+
+
+def training_overlap(bench: Bench, checkpoints: list[Checkpoint]) -> dict[str, str]:
+    """Per checkpoint, a note when some evaluated prompts are prompts its run trained on (they are not held out)."""
+    notes, seen = {}, {}
+    for c in checkpoints:
+        t = trained_on(c)
+        if t is None:
+            continue
+        if t not in seen:
+            try:
+                seen[t] = {prompt_key(ex) for ex in load_dataset(*t)}
+            except (DataError, ValueError, FileNotFoundError) as e:
+                seen[t] = f"its training data (--data {t[0]}, split {t[1]}) does not load here ({e}), so it is unknown "
+        if isinstance(seen[t], str):
+            notes[c.name] = seen[t] + "whether it trained on any evaluated prompt"
+            continue
+        n = sum(prompt_key(ex) in seen[t] for ex in bench.items)
+        if n:
+            notes[c.name] = (f"WARNING: {n} of {len(bench.items)} {bench.name} prompts are prompts it trained on "
+                             f"(--data {t[0]}, split {t[1]}): they are not held out")
+    return notes
+
+
 def encoder_key(name: str) -> str:
     """Metric name of an encoder: cosine_minilm, cosine_mpnet, or cosine_<directory name> for a path."""
-    p = Path(name)
-    base = name if name in ("minilm", "mpnet") else (p.parent.name if p.name in ("model", "final") else p.name)
+    base = name if name in ("minilm", "mpnet") else run_name(Path(name))
     return "cosine_" + (re.sub(r"[^0-9a-z]+", "_", base.lower()).strip("_") or "encoder")
 
 
@@ -475,7 +531,7 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
     if torch.device(args.device).type == "cuda":
         torch.cuda.empty_cache()
 
-    per_item, extra, notes = {}, {}, []
+    per_item, extra, notes = {}, {}, [n for n in [ctx["overlap"].get(ckpt.name)] if n]
     if "alpaca_eval" in benches:
         held, ans = benches["alpaca_eval"].items, answers["alpaca_eval"]
         refs = [ex.reference for ex in held]
@@ -554,10 +610,10 @@ def prepare(args) -> dict:
     names = check_flags(args)
     out = Path(args.out_dir)
     prepare_out_dir(args, out)
+    checkpoints = [check_checkpoint(spec, name) for name, spec in zip(names, args.checkpoints)]
+    resolve_split(args, checkpoints)
     benches = load_benchmarks(args)
-    checkpoints = []
-    for name, spec in zip(names, args.checkpoints):
-        checkpoints.append(check_checkpoint(spec, name))
+    overlap = training_overlap(benches["alpaca_eval"], checkpoints) if "alpaca_eval" in benches else {}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)
     keys = [encoder_key(e) for e in args.encoders]
     if len(set(keys)) != len(keys):
@@ -578,7 +634,7 @@ def prepare(args) -> dict:
     done = {c.name for c in checkpoints if args.resume and finished(out, c, settings, prompts)}
     return {"args": args, "out": out, "benches": benches, "checkpoints": checkpoints, "ids": ids,
             "encoders": encoders, "judges": judges, "baselines": baselines, "settings": settings, "done": done,
-            "stats": {}}
+            "overlap": overlap, "stats": {}}
 
 
 def main(argv=None):
@@ -598,6 +654,8 @@ def main(argv=None):
     for b in benches.values():
         print(f"{b.name}: {len(b.items)} prompts" + (f" ({len(b.left_out)} of {b.total} left out: longer than "
                                                       f"{args.max_prompt_tokens} tokens)" if b.left_out else ""))
+    for name, note in ctx["overlap"].items():
+        print(f"{name}: {note}")
     todo = [c for c in checkpoints if c.name not in ctx["done"]]
     if ctx["done"]:
         print(f"--resume: {', '.join(sorted(ctx['done']))} already evaluated, skipped")

@@ -109,9 +109,9 @@ class Draw:
 def keep_groups(draws: list[Draw], need: int, group_size: int, tolerance: float, pad_id: int) -> Draw:
     """DAPO's dynamic sampling on this rank: the first `need` informative groups over the draws, in draw order,
     topped up with near-tie groups if the draws ran out (the step then trains on fewer informative groups)."""
-    picked = [(k, g) for k, x in enumerate(draws) for g in x.informative(group_size, tolerance)]
-    ties = [(k, g) for k, x in enumerate(draws) for g in range(len(x.examples) // group_size)
-            if g not in x.informative(group_size, tolerance)]
+    informative = [set(x.informative(group_size, tolerance)) for x in draws]
+    picked = [(k, g) for k, x in enumerate(draws) for g in sorted(informative[k])]
+    ties = [(k, g) for k, x in enumerate(draws) for g in range(len(x.examples) // group_size) if g not in informative[k]]
     chosen = sorted((picked + ties)[:need])
     parts = []
     for k, x in enumerate(draws):

@@ -594,7 +594,7 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict):
         if state["num_examples"] != len(self.examples):
-            raise ValueError(f"sampler state is for {state['num_examples']} examples, this sampler has "
-                             f"{len(self.examples)}")
+            raise DataError(f"the run was trained on {state['num_examples']} examples and its data now has "
+                            f"{len(self.examples)}: the data changed since the run started (resume on the same data)")
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)

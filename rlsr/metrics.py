@@ -155,8 +155,6 @@ def interval(stat: Statistic) -> dict:
     return summarize(stat.point, stat.replicates)
 
 
-
-
 def paired_differences(stats: dict, a: str, b: str) -> dict:
     """A - B for every metric both rows have, bootstrapped over the shared prompts."""
     out = {}
@@ -215,9 +213,11 @@ def step_metrics(samples: StepSamples, sums: dict[str, float], group_size: int, 
     lengths = np.asarray(samples.lengths, dtype=np.float64)
     stopped = np.asarray(samples.stopped, dtype=bool)
     tokens, units = max(sums["tokens"], 1.0), max(sums["clip_count"], 1.0)
-    m = {**reward_stats(rewards, group_size, scale, std_floor, tie_tolerance),
+    # a component's mean comes from the step's rows (the per-draw statistics also hold rows that dynamic sampling
+    # left out); a single component is the reward itself, not logged twice
+    stats = {k: v for k, v in mean_of(samples.reward_stats).items() if k.removeprefix("reward/") not in samples.components}
+    m = {**reward_stats(rewards, group_size, scale, std_floor, tie_tolerance), **stats,
          **{f"reward/{k}": float(np.mean(v)) for k, v in samples.components.items() if len(samples.components) > 1},
-         **mean_of(samples.reward_stats),
          "loss": sums["loss"] / num_iterations, "entropy": sums["entropy"] / tokens,
          **{k: sums[k] / units for k in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")},
          "ratio_mean": sums["ratio_mean"] / tokens,

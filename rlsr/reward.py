@@ -517,6 +517,9 @@ def build_reward(cfg: RewardConfig, encoder_loader: Callable[[str | None], objec
             if value != default]
         if unused:
             raise ValueError(f"{', '.join(unused)} given, but --reward {cfg.spec!r} has no bertscore")
+    uses_encoder = "cosine" in names or ("bertscore" in names and cfg.bertscore_encoder is None)
+    if cfg.encoder is not None and not uses_encoder:
+        raise ValueError(f"--encoder {cfg.encoder} given, but --reward {cfg.spec!r} uses no sentence encoder")
     for flag, value in (("--overlong-cache", cfg.overlong_cache), ("--overlong-coef", cfg.overlong_coef),
                         ("--length-ratio-coef", cfg.length_ratio_coef)):
         if not math.isfinite(value) or value < 0:

@@ -29,10 +29,16 @@ from rlsr.run import CheckpointError, Run, trainer_state
 from rlsr.tokenizer import Tokenizer, read_json
 from rlsr.tracking import Trackers, add_tracker_args
 
-# Flags a resumed run may change; every other flag is the run's own (settings.json).
+# Flags a resumed run may change (those a script has): how long it runs, what it writes, and where and in how much
+# memory it computes; every other flag is the run's own (settings.json).
 RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "device", "max_nonfinite_steps",
-             "wandb", "tensorboard")
-RESUMABLE_FLAGS = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume")
+             "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "kl_model_offload")
+
+
+def resumable_flags(ap: argparse.ArgumentParser) -> str:
+    """The flags of this parser a resumed run may change, as the user types them."""
+    dests = {a.dest for a in ap._actions}
+    return ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume" and k in dests)
 
 
 class UsageError(ValueError):
@@ -94,13 +100,14 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     g.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up of the learning rate, then constant")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
-    g.add_argument("--micro-batch-size", type=int, default=micro_batch, help="rows per forward/backward (memory, not maths)")
+    g.add_argument("--micro-batch-size", type=int, default=micro_batch, help="rows per forward/backward (memory, not "
+                   "maths); RLSR counts them in whole groups of G rows, at least one group")
     g.add_argument("--max-nonfinite-steps", type=int, default=3, help="stop after this many steps in a row whose loss or "
                    "gradient norm is NaN/inf (each such step is skipped: no update)")
     g = groups["run"]
     g.add_argument("--out-dir", default=out_dir, help="run directory (must be new or empty)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest intact checkpoint, with its "
-                   f"settings; only {RESUMABLE_FLAGS} may change")
+                   "settings; only the flags it lists may change")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (0 = only final/). A checkpoint "
                    "holds the weights and the AdamW state: about 3x the fp32 weights (1.6 GB for the 135M default); "
@@ -151,15 +158,26 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Names
     if not args.resume:
         Run.check_new(args.out_dir)  # fail before any work, not after loading everything
         return args
-    saved = Run.read_settings(args.resume)
+    try:
+        saved = Run.read_settings(args.resume)
+    except ValueError as e:  # settings.json that is not JSON
+        raise UsageError(f"--resume {args.resume}: {e}") from None
     given = explicit_flags(ap, argv)
     for key, value in given.items():
         if key not in RESUMABLE and key in saved and saved[key] != value:
             raise UsageError(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]} "
                              f"({Path(args.resume) / 'settings.json'}); a resumed run keeps its settings, only "
-                             f"{RESUMABLE_FLAGS} may change")
+                             f"{resumable_flags(ap)} may change")
     return argparse.Namespace(**{**vars(args), **saved, **{k: given[k] for k in RESUMABLE if k in given},
                                  "resume": args.resume})
+
+
+def splits(args) -> tuple[str, str]:
+    """The training and held-out splits the flags (or a run's settings.json) mean: a built-in set trains on 'train'
+    and holds out 'test'; a file given with --eval-data is trained on whole ('all'), as is a held-out file."""
+    train = args.train_split or ("all" if args.eval_data and Path(args.data).suffix else "train")
+    held = args.eval_split or ("all" if args.eval_data and Path(args.eval_data).suffix else "test")
+    return train, held
 
 
 def load_splits(args, say) -> tuple[list, list]:
@@ -169,9 +187,8 @@ def load_splits(args, say) -> tuple[list, list]:
     alone is split in two by a hash of each prompt (rlsr/data.py), said so. Held-out prompts that also occur in the
     training data are reported, never silently used."""
     builtin = not Path(args.data).suffix
-    train_split = args.train_split or ("all" if args.eval_data and not builtin else "train")
+    train_split, eval_split = splits(args)
     eval_data = args.eval_data or args.data
-    eval_split = args.eval_split or ("all" if args.eval_data and Path(args.eval_data).suffix else "test")
     train = load_dataset(args.data, train_split)
     check(len(train) > 0, f"{args.data} (split {train_split}): no training examples")
     if not builtin and not args.eval_data and not getattr(args, "no_eval", False):
@@ -181,15 +198,16 @@ def load_splits(args, say) -> tuple[list, list]:
         return train, []
     held = load_dataset(eval_data, eval_split)
     check(len(held) > 0, f"{eval_data} (split {eval_split}): no held-out examples; pass --eval-data FILE, or --no-eval")
-    seen = {_prompt_key(ex) for ex in train}
-    overlap = sum(_prompt_key(ex) in seen for ex in held)
+    seen = {prompt_key(ex) for ex in train}
+    overlap = sum(prompt_key(ex) in seen for ex in held)
     if overlap:
         say(f"WARNING: {overlap} of {len(held)} held-out prompts ({eval_data}, {eval_split}) also occur in the training "
             f"data ({args.data}, {train_split}): the held-out figures are partly measured on training data")
     return train, held
 
 
-def _prompt_key(example) -> str:
+def prompt_key(example) -> str:
+    """What makes two examples the same prompt (for train / held-out overlap)."""
     return " ".join(m["content"] for m in example.messages).strip()
 
 
@@ -278,6 +296,7 @@ class Trainer:
         if "compute" in state:
             self.compute.load_state_dict(state["compute"])
             self.nonfinite_steps = state["nonfinite_steps"]
+            self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
         if self.d.main:
             self.trackers = Trackers(self.run.path, self.run.settings, self.args,
                                      state["step"] if self.args.resume else None)
@@ -328,7 +347,8 @@ class Trainer:
     def state(self, step: int) -> dict:
         return {**trainer_state(step, self.model, self.optimizer, self.scheduler, self.sampler, self.d,
                                 *self.generators),
-                "compute": self.compute.state_dict(), "nonfinite_steps": self.nonfinite_steps}
+                "compute": self.compute.state_dict(), "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_in_row": self.nonfinite_in_row}
 
     def _weights(self) -> dict:
         weights = distributed.full_state_dict(self.model, self.d)

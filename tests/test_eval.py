@@ -4,6 +4,7 @@ refusal, --resume, checks that reject bad input before any work, and a judged ru
 import hashlib
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -371,3 +372,35 @@ def test_bad_compute_json_is_rejected(tiny, tmp_path, capsys):
     (ckpt / "compute.json").write_text(json.dumps({"flops": "a lot"}))
     err = run_error(base_args(tiny, tmp_path / "eval", str(ckpt), "--no-arena-hard", "--no-ifeval"), capsys)
     assert "compute.json: field 'flops' must be a finite number" in err
+
+
+def test_prompts_a_checkpoint_trained_on_are_reported(tiny, tmp_path, capsys):
+    """A checkpoint whose run trained on the evaluated prompts is said to have (settings.json beside its weights)."""
+    trained = tmp_path / "run" / "final"
+    shutil.copytree(tiny["a"], trained)
+    (trained / "settings.json").write_text(json.dumps({"data": str(tiny["data"]), "train_split": None,
+                                                       "eval_data": None, "eval_split": None}))
+    n = len(load_dataset(str(tiny["data"]), "train"))              # a file alone trains on its hash split 'train'
+    assert 0 < n < 8
+    out = tmp_path / "eval"
+    evaluation.main(base_args(tiny, out, "--no-arena-hard", "--no-ifeval", str(tiny["a"]), str(trained),
+                              "--names", "untrained", "trained"))
+    warning = f"WARNING: {n} of 8 alpaca_eval prompts are prompts it trained on (--data {tiny['data']}, split train)"
+    assert f"trained: {warning}" in capsys.readouterr().out
+    assert f"- trained: {warning}" in (out / "results.md").read_text()
+    assert "untrained: WARNING" not in (out / "results.md").read_text()
+
+
+def test_default_split_is_test_when_a_checkpoint_trained_on_alpaca_eval(tmp_path, capsys):
+    (tmp_path / "settings.json").write_text(json.dumps({"data": "alpaca_eval", "train_split": None}))
+    ckpt = SimpleNamespace(name="rlsr", spec=str(tmp_path), path=tmp_path)
+    base = SimpleNamespace(name="base", spec="base", path=tmp_path)
+    args = evaluation.parse_args(["base"])
+    evaluation.resolve_split(args, [base])
+    assert args.split == "all"                                   # the packaged model: every prompt is held out
+    args = evaluation.parse_args(["base", "x"])
+    evaluation.resolve_split(args, [base, ckpt])
+    assert args.split == "test" and "rlsr trained on alpaca_eval" in capsys.readouterr().out
+    args = evaluation.parse_args(["base", "x", "--split", "all"])
+    evaluation.resolve_split(args, [base, ckpt])
+    assert args.split == "all"                                   # given: kept (and the overlap is then reported)

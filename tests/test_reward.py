@@ -258,6 +258,10 @@ def test_flags_round_trip_and_checks():
     assert RewardConfig.from_args(ap.parse_args([])) == RewardConfig()
     with pytest.raises(ValueError, match="--bertscore-idf given, but --reward 'bleu' has no bertscore"):
         build_reward(RewardConfig(spec="bleu", bertscore_idf=True), lambda name: None)
+    with pytest.raises(ValueError, match="--encoder mpnet given, but --reward 'rouge_l' uses no sentence encoder"):
+        build_reward(RewardConfig(spec="rouge_l", encoder="mpnet"), lambda name: None)
+    with pytest.raises(ValueError, match="uses no sentence encoder"):  # BERTScore on another encoder
+        build_reward(RewardConfig(spec="bertscore", encoder="mpnet", bertscore_encoder="minilm"), lambda name: None)
     with pytest.raises(ValueError, match="--overlong-cache 80 must be at most --max-new-tokens"):
         build_reward(RewardConfig(spec="bleu", overlong_cache=80), lambda name: None, max_new_tokens=64)
     with pytest.raises(ValueError, match="--length-ratio-coef -1"):

@@ -127,6 +127,8 @@ def test_nonfinite_loss_steps_are_skipped_then_the_run_stops_and_nothing_nonfini
     w = Transformer.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000002").state_dict()
     assert all(torch.isfinite(v).all() for v in w.values())
     assert not (tmp_path / "run" / "final").exists()
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=True)
+    assert state["nonfinite_in_row"] == 1  # saved, so a resumed run still counts the steps in a row
 
 
 def test_nonfinite_weights_are_never_written(assets, tmp_path):
@@ -153,8 +155,15 @@ def test_resume_refuses_a_changed_flag_and_allows_the_listed_ones(assets, tmp_pa
         train_rlsr.main(["--resume", str(tmp_path / "run"), "--lr", "0.123"])
     with pytest.raises(UsageError, match="--group-size 5 differs from the run's 2"):
         train_rlsr.main(["--resume", str(tmp_path / "run"), "--group-size", "5"])
-    train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3", "--save-every", "3"])
+    with pytest.raises(UsageError, match="only --steps, .*--sample-every.*--kl-model-offload may change"):
+        train_rlsr.main(["--resume", str(tmp_path / "run"), "--beta", "0.5"])
+    train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3", "--save-every", "3", "--micro-batch-size", "2"])
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3]
+    sft = training.resumable_flags(train_sft.build_parser())   # each script lists only the flags it has
+    assert "--micro-batch-size" in sft and "--sample-every" not in sft and "--kl-model-offload" not in sft
+    (tmp_path / "run" / "settings.json").write_text("{not json")
+    with pytest.raises(UsageError, match="settings.json:1: invalid JSON"):
+        train_rlsr.main(["--resume", str(tmp_path / "run")])
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint_and_cleans_temporaries(assets, tmp_path, capsys):
@@ -219,7 +228,8 @@ def test_outputs_follow_the_umask(assets, tmp_path):
 
 def test_step_metrics_average_over_iterations_and_use_trl_meanings():
     samples = StepSamples([0.1, 0.3, 0.5, 0.5], [2, 4, 1, 1], [True, False, True, True], ["a b c", "a a a a", "x", "y"],
-                          ["a b c", "q", "x", "z"], {"cosine": [0.1, 0.3, 0.5, 0.5]}, [{"reward/truncated_responses": 0.0}])
+                          ["a b c", "q", "x", "z"], {"cosine": [0.1, 0.3, 0.5, 0.5]},
+                          [{"reward/truncated_responses": 0.0, "reward/cosine": 0.35}])
     # two iterations, 8 tokens each: summed diagnostics
     sums = {"tokens": 16.0, "clip_count": 16.0, "clip_ratio/low_mean": 2.0, "clip_ratio/high_mean": 4.0,
             "clip_ratio/region_mean": 6.0, "ratio_mean": 16.4, "kl": 0.8, "loss": -0.6, "entropy": 32.0}
@@ -230,6 +240,19 @@ def test_step_metrics_average_over_iterations_and_use_trl_meanings():
     assert m["frac_reward_zero_std"] == 0.5 and m["completions/clipped_ratio"] == 0.25
     assert m["completions/mean_terminated_length"] == pytest.approx(4 / 3)
     assert m["monitor/copy_fraction_4gram"] == 0.0 and "reward/cosine" not in m  # one component: it is the reward
+    assert m["reward/truncated_responses"] == 0.0
+
+
+def test_reward_components_are_means_over_the_kept_rows():
+    """Dynamic sampling keeps some rows of a draw: a component's mean is over those rows, not the draw's statistic."""
+    full = StepSamples([0.2, 0.4, 0.6, 0.8], [1] * 4, [True] * 4, ["a"] * 4, ["b"] * 4,
+                       {"cosine": [0.2, 0.4, 0.6, 0.8], "rouge_l": [0.0, 0.0, 1.0, 1.0]},
+                       [{"reward/cosine": 0.5, "reward/rouge_l": 0.5, "reward/truncated_responses": 0.25}])
+    sums = {"tokens": 2.0, "clip_count": 2.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
+            "clip_ratio/region_mean": 0.0, "ratio_mean": 2.0, "kl": 0.0, "loss": 0.0, "entropy": 2.0}
+    m = step_metrics(full.select([2, 3]), sums, group_size=2)
+    assert m["reward/cosine"] == pytest.approx(0.7) and m["reward/rouge_l"] == 1.0
+    assert m["reward/truncated_responses"] == 0.25  # an encoder statistic of the draw, kept as it is
 
 
 def test_kl_model_is_bf16_under_amp_and_the_readme_memory_figures_hold():
@@ -259,3 +282,12 @@ def test_a_policy_collapsed_to_noise_is_warned_about_once(capsys):
     assert "WARNING: step 4: entropy 10.80 nats" in out and "collapsed" in out and "0.01" in out
     training.Trainer.warn_collapse(trainer, 5, {"entropy": 10.81})
     assert capsys.readouterr().out == ""
+
+
+def test_resume_on_changed_data_names_the_change(assets, tmp_path):
+    data = make_tiny_data(tmp_path / "data.jsonl", 16)
+    policy, encoder, _ = assets
+    train_rlsr.main(rlsr_argv((policy, encoder, data), tmp_path / "run", "--no-eval"))
+    make_tiny_data(data, 12)                                  # the same file, fewer examples
+    with pytest.raises(DataError, match="the data changed since the run started"):
+        train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3"])
