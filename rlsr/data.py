@@ -520,11 +520,13 @@ def _packaged_sharegpt() -> ShareGPT:
     return build_sharegpt()
 
 
-def load_sharegpt(split: str | None = None, verbose: bool = True) -> list[Example]:
-    """The built-in ShareGPT corpus (build_sharegpt on the packaged file, built once a process); prints its counts."""
+def load_sharegpt(split: str | None = None) -> list[Example]:
+    """The built-in ShareGPT corpus (build_sharegpt on the packaged file, built once a process, its counts printed
+    then)."""
     _check_split("sharegpt", split)
+    built = _packaged_sharegpt.cache_info().currsize == 0
     data = _packaged_sharegpt()
-    if verbose:
+    if built:
         print(data.summary())
     return list({"train": data.train, "test": data.test}.get(split, data.examples))
 

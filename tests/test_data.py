@@ -338,10 +338,12 @@ SHAREGPT_SHA256 = "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77
 @needs_sharegpt
 def test_packaged_sharegpt_counts_and_no_benchmark_prompt(capsys):
     assert hashlib.sha256(sharegpt_file().read_bytes()).hexdigest() == SHAREGPT_SHA256
+    _packaged_sharegpt.cache_clear()
     train = load_dataset("sharegpt", "train")
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and line.startswith("sharegpt: 17671 conversations recovered")
     test, full = load_dataset("sharegpt", "test"), load_dataset("sharegpt", "all")
+    assert capsys.readouterr().out == ""  # the counts are said once a process
     assert _packaged_sharegpt().counts == {
         "recovered": 17671, "tail_chars": 2987, "no_opening_pair": 6534, "first_pair": 11137,
         "continuation": 1745, "empty_prompt": 7, "non_ascii": 166, "short_reply": 114, "long_prompt": 908,
