@@ -56,7 +56,7 @@ def _e(key: str, label: str = "") -> Series:
 PANELS = [
     Panel("reward (sampled), +-1 std", (_m("reward"),), "rl", band="reward_std"),
     Panel("held-out reward (greedy)", (_e("reward"),), "rl"),
-    Panel("KL to the reference", (_m("kl"),)),
+    Panel("KL to the frozen KL model", (_m("kl"),)),
     Panel("entropy (nats/token)", (_m("entropy"),)),
     Panel("completion length (tokens)", (_m("completions/mean_length", "mean"),
                                          _m("completions/mean_terminated_length", "terminated"))),

@@ -61,7 +61,7 @@ def test_panels_follow_the_keys_each_kind_of_run_has(tmp_path):
     # every fixed RLSR panel, the truncation panel; no loss panel (an RLSR run's loss is the policy loss), and no
     # component panel for a single reward (it would repeat the reward panel)
     assert rl_titles == ["reward (sampled), +-1 std", "held-out reward (greedy)", "encoder inputs truncated",
-                         "KL to the reference", "entropy (nats/token)", "completion length (tokens)",
+                         "KL to the frozen KL model", "entropy (nats/token)", "completion length (tokens)",
                          "clipped ratio (hit the length cap)", "PPO clip fractions", "grad norm (before clipping)",
                          "monitor: corr(length, reward)", "monitor: distinct-2 (1 = no repetition)",
                          "monitor: 4-gram copy of the reference", "tokens/s"]
