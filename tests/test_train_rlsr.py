@@ -6,7 +6,9 @@ import torch
 
 import train_rlsr
 from conftest import kill_and_resume, logged_metrics, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script
+from rlsr.metrics import StepSamples
 from rlsr.model import Transformer
+from rlsr.sampling import Rollout
 from rlsr.tokenizer import Tokenizer
 
 
@@ -57,3 +59,35 @@ def test_sigkill_then_resume_equals_uninterrupted(assets, tmp_path):
     a = Transformer.from_pretrained(tmp_path / "full" / "final").state_dict()
     b = Transformer.from_pretrained(tmp_path / "killed" / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- DAPO's dynamic sampling: which groups a step trains on, by hand
+
+def _draw(rewards: list[float], first_prompt: int, group_size: int = 2) -> train_rlsr.Draw:
+    """A draw whose row i has completion token 100 + first_prompt * G + i, so the kept rows can be read back."""
+    n = len(rewards)
+    ids = torch.arange(n).view(n, 1) + 100 + first_prompt * group_size
+    rollout = Rollout(ids, torch.zeros(n, 1), torch.ones(n, 1, dtype=torch.bool), ["stop"] * n,
+                      torch.arange(n) // group_size, torch.ones(n, 2, dtype=torch.long), torch.ones(n, 2, dtype=torch.bool))
+    examples = [f"prompt {first_prompt + i // group_size}" for i in range(n)]
+    return train_rlsr.Draw(rollout, examples, StepSamples(rewards, [1] * n, [True] * n, ["x"] * n, ["y"] * n,
+                                                          {"cosine": rewards}, [{}]))
+
+
+def test_dynamic_sampling_keeps_the_first_informative_groups_in_draw_order():
+    # draw 0: groups (ties, signal); draw 1: (signal, ties, signal). P = 2 -> draw 0's group 1 and draw 1's group 0
+    draws = [_draw([0.5, 0.5, 0.1, 0.9], 0), _draw([0.2, 0.7, 0.3, 0.3, 0.0, 1.0], 2)]
+    assert draws[0].informative(2, 1e-3) == [1] and draws[1].informative(2, 1e-3) == [0, 2]
+    kept = train_rlsr.keep_groups(draws, 2, 2, 1e-3, pad_id=0)
+    assert kept.examples == ["prompt 1", "prompt 1", "prompt 2", "prompt 2"]
+    assert kept.rollout.tokens.view(-1).tolist() == [102, 103, 104, 105] and kept.samples.rewards == [0.1, 0.9, 0.2, 0.7]
+    assert kept.rollout.prompt_index.tolist() == [1, 1, 2, 2]                 # groups stay whole (indices as drawn)
+    # too few informative groups after every draw: topped up with near-ties, in draw order
+    short = train_rlsr.keep_groups([_draw([0.5, 0.5, 0.1, 0.9], 0)], 2, 2, 1e-3, pad_id=0)
+    assert short.examples == ["prompt 0", "prompt 0", "prompt 1", "prompt 1"]
+
+
+def test_dynamic_sampling_run_logs_its_draws(assets, tmp_path):
+    train_rlsr.main(argv(assets, tmp_path / "run", 2, "--dynamic-sampling", "--max-extra-draws", "2", "--no-eval"))
+    m = logged_metrics(tmp_path / "run")
+    assert [r["step"] for r in m] == [1, 2] and all(1 <= r["dynamic_sampling/draws"] <= 3 for r in m)
