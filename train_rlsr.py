@@ -356,7 +356,7 @@ def main(argv=None):
             say("WARNING: the held-out reward fell (its whole interval is below 0): the policy got worse at what it "
                 "was trained for; check metrics.jsonl (entropy, kl, grad_norm) and lower --lr")
     trainer.close()
-    say(f"outputs: {run.path} (metrics.jsonl, eval.jsonl, samples.jsonl, checkpoints/); final weights {final}")
+    say(trainer.outputs(final))
     distributed.close(d)
 
 

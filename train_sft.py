@@ -156,7 +156,7 @@ def main(argv=None):
     if evals[args.steps]["loss"] > evals[0]["loss"]:
         say("WARNING: the held-out loss rose: the model got worse on held-out references; lower --lr")
     trainer.close()
-    say(f"outputs: {run.path} (metrics.jsonl, eval.jsonl, checkpoints/); final weights {final}")
+    say(trainer.outputs(final))
     distributed.close(d)
 
 

@@ -372,6 +372,12 @@ class Trainer:
         weights = self._weights()
         return self.run.save_final(self.policy, self.tok, weights, {"compute.json": self.compute.summary()})
 
+    def outputs(self, final: Path) -> str:
+        """The closing line: what the run directory holds, and where the final weights are."""
+        held = [n for n in ("metrics.jsonl", "eval.jsonl", "samples.jsonl", "summary.jsonl", "curves.png",
+                            "checkpoints", "tensorboard", "wandb") if (self.run.path / n).exists()]
+        return f"outputs: {self.run.path} ({', '.join(held)}); final weights {final}"
+
     def close(self):
         """curves.png of the whole run, and the trackers closed."""
         if self.d.main:

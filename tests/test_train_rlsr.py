@@ -46,7 +46,9 @@ def test_run_directory_and_trl_metric_names(assets, tmp_path, capsys):
     final = Transformer.from_pretrained(run / "final")  # HF layout, loadable, and a valid --init
     assert not torch.equal(final.model.norm.weight, Transformer.from_pretrained(assets[0]).model.norm.weight)
     assert Tokenizer.from_pretrained(run / "final").stop_ids == {2}
-    assert "held-out reward (greedy, n=4)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out reward (greedy, n=4)" in out
+    assert f"outputs: {run} (metrics.jsonl, eval.jsonl, samples.jsonl, summary.jsonl" in out and "checkpoints)" in out
     with pytest.raises(FileExistsError, match="--resume"):
         train_rlsr.main(argv(assets, run, 4))  # never overwrites a run
 

@@ -99,9 +99,12 @@ def test_a_file_alone_is_split_for_held_out_and_an_empty_held_out_set_is_an_erro
     assert train_prompts
 
 
-def test_save_every_zero_writes_only_final(assets, tmp_path):
+def test_save_every_zero_writes_only_final(assets, tmp_path, capsys):
     train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--save-every", "0", "--no-eval"))
     assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run" / "final" / "manifest.json").exists()
+    line = capsys.readouterr().out.strip().splitlines()[-1]   # names only what the run wrote
+    assert line.startswith(f"outputs: {tmp_path / 'run'} (metrics.jsonl") and "checkpoints" not in line
+    assert "eval.jsonl" not in line and line.endswith(f"final weights {tmp_path / 'run' / 'final'}")
 
 
 # ---- non-finite numbers: skipped, counted, stopped, never saved; logs stay strict JSON
