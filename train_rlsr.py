@@ -110,7 +110,7 @@ def keep_groups(draws: list[Draw], need: int, group_size: int, tolerance: float,
     """DAPO's dynamic sampling on this rank: the first `need` informative groups over the draws, in draw order,
     topped up with near-tie groups if the draws ran out (the step then trains on fewer informative groups)."""
     informative = [set(x.informative(group_size, tolerance)) for x in draws]
-    picked = [(k, g) for k, x in enumerate(draws) for g in sorted(informative[k])]
+    picked = [(k, g) for k in range(len(draws)) for g in sorted(informative[k])]
     ties = [(k, g) for k, x in enumerate(draws) for g in range(len(x.examples) // group_size) if g not in informative[k]]
     chosen = sorted((picked + ties)[:need])
     parts = []
