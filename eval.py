@@ -88,7 +88,7 @@ from tqdm import tqdm
 from rlsr import arena_hard
 from rlsr.assets import default_policy_path, encoder_path
 from rlsr.checkpoint import write_json
-from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval
+from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
 from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
@@ -101,7 +101,7 @@ from rlsr.report import report
 from rlsr.reward import BERTScore, SimilarityReward, rouge_l, sentence_bleu
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer
-from rlsr.training import prompt_key, splits
+from rlsr.training import splits
 
 LC_MIN_ITEMS = 5  # alpaca_eval's GLM cross-validates over 5 folds
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.

@@ -233,7 +233,9 @@ def split_key(instruction: str) -> str:
 
 
 def prompt_key(example: Example) -> str:
-    """split_key of the prompt turns' texts, one a line; for a one-turn prompt, split_key of its text."""
+    """What makes two examples the same prompt, everywhere (splits, train / held-out overlap, eval's training
+    overlap): split_key of the prompt turns' texts, one a line (whitespace runs collapsed); for a one-turn prompt,
+    split_key of its text."""
     return split_key("\n".join(m["content"] for m in example.messages))
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rlsr import distributed
 from rlsr.assets import default_policy_path
-from rlsr.data import DataError, chat_prompts, load_dataset
+from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key
 from rlsr.flops import Compute
 from rlsr.model import Transformer
 from rlsr.plot import write_curves
@@ -204,11 +204,6 @@ def load_splits(args, say) -> tuple[list, list]:
         say(f"WARNING: {overlap} of {len(held)} held-out prompts ({eval_data}, {eval_split}) also occur in the training "
             f"data ({args.data}, {train_split}): the held-out figures are partly measured on training data")
     return train, held
-
-
-def prompt_key(example) -> str:
-    """What makes two examples the same prompt (for train / held-out overlap)."""
-    return " ".join(m["content"] for m in example.messages).strip()
 
 
 def filter_prompts(tok, examples: list, max_tokens: int, what: str, source: str, say) -> tuple[list, dict]:
