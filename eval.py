@@ -21,7 +21,7 @@ metric was computed, e.g. no win rates without a judge):
     win_rate            AlpacaEval-2-style pairwise judge against the reference answer, both orders, per
                         instruction 0 / .25 / .5 / .75 / 1 (rlsr/judge.py); only with a judge
     lc_win_rate         the length-controlled win rate of those preferences: alpaca_eval's length_controlled_minimal
-                        GLM (rlsr/judge.py lc_win_rate), as a fraction; only with a judge and >= 5 instructions
+                        GLM (rlsr/lc_win_rate.py), as a fraction; only with a judge and >= 5 instructions
     cosine_<encoder>    cosine similarity of the sentence embeddings of answer and reference, one column per
                         --encoders entry (cosine_minilm: all-MiniLM-L6-v2, RLSR's default reward; cosine_mpnet:
                         all-mpnet-base-v2); each encoder truncates its input (MiniLM 256, MPNet 384 word pieces)
@@ -92,8 +92,8 @@ from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, pro
 from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
-from rlsr.judge import (SYSTEM_PROMPT, HTTPJudge, JudgeError, LocalJudge, lc_win_rate,
-                        pairwise_win_rate)
+from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, JudgeError, LocalJudge, pairwise_win_rate
+from rlsr.lc_win_rate import lc_win_rate
 from rlsr.metrics import Statistic, distinct_n, interval, paired_differences
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval

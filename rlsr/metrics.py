@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rlsr.grpo import reward_stats
-from rlsr.judge import lc_win_rate_resampled
+from rlsr.lc_win_rate import lc_win_rate_resampled
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

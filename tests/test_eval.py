@@ -13,7 +13,7 @@ import eval as evaluation
 from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data
 from rlsr import arena_hard, report
 from rlsr.data import load_arena_hard, load_dataset, load_ifeval
-from rlsr.judge import lc_win_rate
+from rlsr.lc_win_rate import lc_win_rate
 from rlsr.metrics import paired_bootstrap_ci
 from rlsr.tokenizer import Tokenizer
 from test_judge import FakeOpenAI, outputs_of
