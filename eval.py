@@ -98,7 +98,8 @@ from rlsr.metrics import Statistic, distinct_n, interval, paired_differences
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval
 from rlsr.report import report
-from rlsr.reward import BERTScore, SimilarityReward, rouge_l, sentence_bleu
+from rlsr.reward import SimilarityReward
+from rlsr.text_metrics import BERTScore, rouge_l, sentence_bleu
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer
 from rlsr.training import splits
@@ -536,8 +537,8 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
         held, ans = benches["alpaca_eval"].items, answers["alpaca_eval"]
         refs = [ex.reference for ex in held]
         for key, reward in encoders.items():
-            per_item[key] = reward(ans, refs)[0].tolist()
-            if args.bertscore:  # BERTScore F1 on the same encoder's last layer (rlsr/reward.py)
+            per_item[key] = reward(None, ans, refs)[0].tolist()
+            if args.bertscore:  # BERTScore F1 on the same encoder's last layer (rlsr/text_metrics.py)
                 per_item["bertscore_" + key.removeprefix("cosine_")] = BERTScore(reward.encoder)(ans, refs)[0].tolist()
         per_item.update({"rouge_l": [rouge_l(a, r) for a, r in zip(ans, refs)],
                          "bleu": [sentence_bleu(a, r) for a, r in zip(ans, refs)], "length": lengths["alpaca_eval"],

@@ -158,7 +158,8 @@ def evaluate(policy, tok, examples, prompts, reward, max_new_tokens, d, compute)
         texts, lengths = complete(policy, tok, [prompts[i] for i in mine], SamplingParams(max_new_tokens, temperature=0.0),
                                   progress=bar)
     compute.sampling([len(prompts[i]) for i in mine], [[n] for n in lengths], phase="eval")
-    scored = reward(texts, [examples[i].reference for i in mine], lengths=lengths)
+    scored = reward([examples[i].prompt_messages() for i in mine], texts, [examples[i].reference for i in mine],
+                    lengths=lengths)
     rows = sorted((i, r, n, t) for part in distributed.gather(list(zip(mine, scored.rewards.tolist(), lengths, texts)), d)
                   for i, r, n, t in part)
     rewards, lengths, texts = [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
@@ -244,7 +245,8 @@ def main(argv=None):
         step_compute.sampling(*group_lengths(r, G))
         examples = [mine[i] for i in r.prompt_index.tolist()]
         texts = tok.batch_decode(r.completions())
-        scored = reward(texts, [ex.reference for ex in examples], lengths=r.lengths.tolist())
+        scored = reward([ex.prompt_messages() for ex in examples], texts, [ex.reference for ex in examples],
+                        lengths=r.lengths.tolist())
         return Draw(r, examples, StepSamples(scored.rewards.tolist(), r.lengths.tolist(),
                                              [f == "stop" for f in r.finish_reason], texts,
                                              [ex.reference for ex in examples],

@@ -71,6 +71,20 @@ def make_tiny_bert_dir(path: Path) -> Path:
     return write_st_dir(path, {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, 16)
 
 
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """The tiny random BERT, its tokenizer given BERT's template: <|im_start|> text <|im_end|> stand for [CLS] [SEP]."""
+    from tokenizers import Tokenizer, processors
+    from rlsr.encoder import Encoder
+    path = make_tiny_bert_dir(tmp_path_factory.mktemp("enc"))
+    tk = Tokenizer.from_file(str(path / "tokenizer.json"))
+    cls, sep = "<|im_start|>", "<|im_end|>"
+    tk.post_processor = processors.Sequence([tk.post_processor, processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", special_tokens=[(cls, tk.token_to_id(cls)), (sep, tk.token_to_id(sep))])])
+    tk.save(str(path / "tokenizer.json"))
+    return Encoder.from_pretrained(path)
+
+
 def make_tiny_policy_dir(path: Path, family: str = "qwen2") -> Path:
     """A tiny random decoder whose vocabulary matches the tiny tokenizer (400 ids + 16 padded rows, as Qwen pads)."""
     from safetensors.torch import load_file, save_file

@@ -182,7 +182,7 @@ def test_without_a_judge_win_rate_columns_are_absent_and_said_so(tiny, tmp_path)
 
 def test_bertscore_and_bleu_columns_equal_the_rewards_and_seeds_are_summarised(tiny, tmp_path):
     from rlsr.encoder import Encoder
-    from rlsr.reward import BERTScore, sentence_bleu
+    from rlsr.text_metrics import BERTScore, sentence_bleu
     out = tmp_path / "eval"
     evaluation.main(base_args(tiny, out, str(tiny["a"]), str(tiny["b"]), "--names", "m@0", "m@1", "--limit", "4",
                               "--no-arena-hard", "--no-ifeval", "--bertscore"))

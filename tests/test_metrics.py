@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rlsr.metrics import bootstrap, bootstrap_ci, copy_fraction, distinct_n, paired_bootstrap_ci, pearson, words
-from rlsr.reward import rouge_l
+from rlsr.text_metrics import rouge_l
 
 
 def test_bootstrap_interval_of_a_normal_mean():
