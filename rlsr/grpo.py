@@ -10,7 +10,11 @@ row i is r_i = R(y_i, y*) for the reference answer y*, by default cos(E(y_i), E(
 E (rlsr/reward.py).
 
 1. Advantage, one per completion, shared by its tokens (`group_advantages`):
-       A_i = (r_i - mean_group(r)) / max(std, std_floor)
+       A_i = (r_i - b_i) / max(std, std_floor)
+   The baseline b_i (`BASELINES`, --baseline): "group" (default; GRPO) the mean of the group's G rewards;
+   "loo" (RLOO, Ahmadian et al. 2024, arXiv 2402.14740) the mean of the other G - 1 rewards of the group, which
+   does not depend on y_i itself: r_i - b_i = G / (G - 1) * (r_i - mean_group(r)). RLOO as published does not
+   divide by a std: use it with scale="none"; with a std scale the two baselines differ by the factor G / (G - 1).
    scale="group" (default; GRPO): std of r within the group; scale="batch": std over every reward of the step
    (keeps the relative spread between groups); scale="none" (Dr. GRPO): no division. std is the population std.
    std_floor=0.02 (default): cosine rewards of one prompt's samples often lie within a few hundredths of each other
@@ -70,18 +74,32 @@ of softmax(logits / T) over the real vocabulary, computed in fp32 (rlsr/logprobs
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
 
+def group_mean(r: torch.Tensor) -> torch.Tensor:
+    """[P, G] rewards -> [P, 1]: the mean of each group (GRPO)."""
+    return r.mean(-1, keepdim=True)
+
+
+def leave_one_out_mean(r: torch.Tensor) -> torch.Tensor:
+    """[P, G] rewards -> [P, G]: for each row, the mean of the other G - 1 rewards of its group (RLOO)."""
+    return (r.sum(-1, keepdim=True) - r) / (r.shape[-1] - 1)
+
+
+# A new baseline: a function [P, G] rewards -> its baseline (broadcast to [P, G]), named here; the name becomes a
+# --baseline choice.
+BASELINES = {"group": group_mean, "loo": leave_one_out_mean}
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("token", "sequence", "constant")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
-                     std_floor: float = 0.02) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", std_floor: float = 0.02,
+                     baseline: str = "group") -> torch.Tensor:
     """rewards [P * G] of the whole step (prompt-major) -> advantages [P * G].
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), group_size=2, std_floor=0.0).tolist()
@@ -89,8 +107,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {tuple(BASELINES)}, got {baseline!r}")
     r = rewards.float().view(-1, group_size)                                       # [P, G]
-    adv = r - r.mean(-1, keepdim=True)                                             # [P, G]
+    adv = r - BASELINES[baseline](r)                                               # [P, G]
     floor = max(std_floor, 1e-8)
     if scale == "group":
         adv = adv / r.std(-1, unbiased=False, keepdim=True).clamp(min=floor)
@@ -165,6 +185,11 @@ class LossConfig:
     importance: str = "token"      # "token" | "sequence" (GSPO)
     tis_cap: float | None = None   # truncated importance sampling against the sampler's log-probs; None = off
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "LossConfig":
+        return cls(args.epsilon_low, args.epsilon_high, args.beta, args.kl_estimator, args.importance_level,
+                   args.tis_cap)
+
     def __post_init__(self):
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
@@ -209,3 +234,25 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         if kl is not None:
             stats["kl"] = (kl * m).sum()
     return loss, stats
+
+
+def add_algorithm_args(parser: argparse.ArgumentParser):
+    """The flags of the algorithm above; the choices are this module's."""
+    g = parser.add_argument_group("algorithm (rlsr/grpo.py)")
+    g.add_argument("--baseline", default="group", choices=tuple(BASELINES),
+                   help="what a reward is compared with: its group's mean (GRPO) or the mean of the others (RLOO)")
+    g.add_argument("--scale-rewards", default="group", choices=SCALES, help="advantage std scaling")
+    g.add_argument("--std-floor", type=float, default=0.02, help="advantages divide by max(std, floor)")
+    g.add_argument("--tie-tolerance", type=float, default=1e-3, help="a group whose rewards span less is a near-tie")
+    g.add_argument("--drop-ties", action="store_true", help="leave near-tie groups out of the loss")
+    g.add_argument("--epsilon-low", type=float, default=0.2, help="clip ratio below 1 - eps_low (GSPO: 3e-4)")
+    g.add_argument("--epsilon-high", type=float, default=0.2, help="clip ratio above 1 + eps_high (GSPO: 4e-4)")
+    g.add_argument("--importance-level", default="token", choices=IMPORTANCE_LEVELS,
+                   help="token ratios (PPO/GRPO) or one length-normalised ratio per sequence (GSPO)")
+    g.add_argument("--tis-cap", type=float, help="truncated importance sampling: weight tokens by "
+                   "min(pi_old / pi_sampler, C) with the sampler's own log-probs (off by default)")
+    g.add_argument("--beta", type=float, default=0.04, help="KL weight; 0 = no KL model at all")
+    g.add_argument("--kl-estimator", default="k3", choices=KL_ESTIMATORS)
+    g.add_argument("--loss-aggregation", default="token", choices=AGGREGATIONS)
+    g.add_argument("--num-iterations", type=int, default=1, help="optimizer steps per rollout (>1: PPO epochs)")
+    return g

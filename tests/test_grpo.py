@@ -208,3 +208,22 @@ def test_ratio_is_one_at_the_first_update_of_a_fresh_rollout():
     _, stats = policy_loss(logp, logp.detach(), torch.ones(8), row_weights(r.lengths), r.mask, LossConfig())
     assert (stats["ratio_mean"] / stats["tokens"]).item() == pytest.approx(1.0, abs=1e-7)  # the trainer's own: 1
     assert stats["clip_ratio/region_mean"].item() == 0.0
+
+
+def test_leave_one_out_baseline_by_hand():
+    # G = 4, rewards (0.71, 0.74, 0.80, 0.75): the others' means are (0.763333, 0.753333, 0.733333, 0.75)
+    r = torch.tensor([0.71, 0.74, 0.80, 0.75])
+    others = torch.tensor([(0.74 + 0.80 + 0.75) / 3, (0.71 + 0.80 + 0.75) / 3, (0.71 + 0.74 + 0.75) / 3,
+                           (0.71 + 0.74 + 0.80) / 3])
+    loo = group_advantages(r, 4, "none", baseline="loo")
+    assert torch.allclose(loo, r - others, atol=1e-6)
+    assert torch.allclose(loo, torch.tensor([-0.0533333, -0.0133333, 0.0666667, 0.0]), atol=1e-6)
+    # = G / (G - 1) x the group-mean advantage, with or without a std scale
+    assert torch.allclose(loo, 4 / 3 * group_advantages(r, 4, "none"), atol=1e-6)
+    assert torch.allclose(group_advantages(r, 4, "group", baseline="loo"), 4 / 3 * group_advantages(r, 4, "group"),
+                          atol=1e-5)
+    # two groups of G = 2: the other reward is the baseline
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.25, 0.75]), 2, "none", baseline="loo").tolist() == \
+        [1.0, -1.0, -0.5, 0.5]
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        group_advantages(r, 4, baseline="median")
