@@ -65,7 +65,7 @@ def main(argv=None):
     check_range(args, "examples_per_step", 1)
     check_range(args, "eval_examples", 0)
     check_range(args, "max_seq_len", 2)
-    say = print if d.main else (lambda *a, **k: None)
+    say = training.speaker(d)
     torch.manual_seed(args.seed)
 
     init = training.init_path(args)
@@ -85,60 +85,51 @@ def main(argv=None):
 
     ckpt = training.checkpoint_to_resume(args, d)
     policy = training.load_policy(ckpt or init, tok, args, d)
-    model = distributed.wrap(policy, d)
-    run = training.open_run(args, d)                      # only now: every input has been checked
-    compute = Compute(policy.config, tok.vocab_size, offset=training.compute_offset(init))
-    trainer = training.Trainer(args, d, run, tok, policy, model, sampler, compute)
+    trainer = training.Trainer(args, d, tok, policy, sampler, init)   # the run directory: every input was checked
+    model = trainer.model
     start = trainer.restore(ckpt)
-    amp = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=args.amp)  # noqa: E731
 
-    def held_out(step):
-        step_compute = Compute(policy.config, tok.vocab_size)
-        with distributed.full_weights(model, d), amp():
-            e = {"step": step, "loss": held_out_loss(model, held_tok, args, d, tok, step_compute)}
-        training.merge_compute(compute, step_compute, d)
-        trainer.log(e, "eval.jsonl")
-        return e
-    evals = distributed.gather({e["step"]: e for e in run.read_log("eval.jsonl")} if d.main else {}, d)[0]
-    if 0 not in evals:
-        say(f"held-out loss at start: {len(held_tok)} examples")
-        evals[0] = held_out(0)
-    say(f"held-out loss at start: {evals[0]['loss']:.4f} nats/token (n={len(held_tok)} examples); run dir {run.path}")
+    def held_out(step: int, when: str | None = None) -> dict:
+        return trainer.evaluate(step, lambda c: {"loss": held_out_loss(model, held_tok, args, d, tok, c)},
+                                f"held-out loss {when}: {len(held_tok)} examples" if when else None)
+    first = held_out(0, "at start")
+    say(f"held-out loss at start: {first['loss']:.4f} nats/token (n={len(held_tok)} examples); run dir "
+        f"{trainer.run.path}")
 
     bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="sft", dynamic_ncols=True,
                disable=not d.main)
     for step in bar:
-        times, step_compute = {}, Compute(policy.config, tok.vocab_size)
-        with training.timed(times, "update"):
-            examples = [train_tok[ex.id] for ex in distributed.shard(next(sampler), d)]
-            mbs = micro_batches(examples, args, d, tok)
-            counts = distributed.all_reduce({"targets": num_targets(examples),
-                                             "tokens": sum(len(x.ids) for x in examples)}, d)
-            model.train()
-            local = {"loss": 0.0, "rows": 0, "padded_tokens": 0, "truncated": sum(x.truncated for x in examples)}
-            for k, batch in enumerate(mbs):
-                with distributed.gradient_sync(model, d, sync=k == len(mbs) - 1):
-                    with amp():
-                        loss = sft_loss(model, batch, counts["targets"])  # a share of the step loss
-                    (loss * d.loss_scale).backward()
-                local["loss"] += loss.item()
-                local["rows"] += batch.ids.shape[0]
-                local["padded_tokens"] += batch.ids.numel()
-            step_compute.sequences([len(x.ids) for x in examples], num_targets(examples), "sft", with_backward=True)
-            total = distributed.all_reduce(local, d)
-            grad_norm, _ = trainer.step(step, total["loss"])
-        training.merge_compute(compute, step_compute, d)
-        dt = times["update"]
+        laps, step_compute = training.Laps(), Compute(policy.config, tok.vocab_size)
+        examples = [train_tok[ex.id] for ex in distributed.shard(next(sampler), d)]
+        mbs = micro_batches(examples, args, d, tok)
+        counts = distributed.all_reduce({"targets": num_targets(examples),
+                                         "tokens": sum(len(x.ids) for x in examples)}, d)
+        model.train()
+        local = {"loss": 0.0, "rows": 0, "padded_tokens": 0, "truncated": sum(x.truncated for x in examples)}
+        for k, batch in enumerate(mbs):
+            with distributed.gradient_sync(model, d, sync=k == len(mbs) - 1):
+                with trainer.amp():
+                    loss = sft_loss(model, batch, counts["targets"])  # a share of the step loss
+                (loss * d.loss_scale).backward()
+            local["loss"] += loss.item()
+            local["rows"] += batch.ids.shape[0]
+            local["padded_tokens"] += batch.ids.numel()
+        step_compute.sequences([len(x.ids) for x in examples], num_targets(examples), "sft", with_backward=True)
+        total = distributed.all_reduce(local, d)
+        grad_norm, _ = trainer.step(step, total["loss"])
+        laps.lap("update")
+        trainer.count(step_compute)
+        dt = laps.times["update"]
         m = {"step": step, "loss": total["loss"], "perplexity": math.exp(min(total["loss"], 50)),
              "grad_norm": grad_norm, "learning_rate": trainer.scheduler.get_last_lr()[0],
              "num_tokens": counts["tokens"], "num_targets": counts["targets"],
              "truncated": total["truncated"] / args.examples_per_step, "rows": total["rows"],
              "padding_fraction": 1 - counts["tokens"] / total["padded_tokens"],
-             "nonfinite_steps": trainer.nonfinite_steps, "flops": compute.training_flops, "step_time": dt,
+             "nonfinite_steps": trainer.nonfinite_steps, "flops": trainer.compute.training_flops, "step_time": dt,
              "tokens_per_s": counts["tokens"] / dt}
         trainer.log(m)
         bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
-        if args.eval_every and step % args.eval_every == 0 and step != args.steps:
+        if trainer.due(step):
             e = held_out(step)
             if d.main:
                 tqdm.write(f"step {step}: held-out loss {e['loss']:.4f}")
@@ -146,18 +137,11 @@ def main(argv=None):
     bar.close()
 
     final = trainer.finish()
-    if args.steps not in evals:
-        say(f"held-out loss at the end: {len(held_tok)} examples")
-        evals[args.steps] = held_out(args.steps)
-    summary = (f"held-out loss (n={len(held_tok)} examples): {evals[0]['loss']:.4f} -> {evals[args.steps]['loss']:.4f} "
-               "nats/token")
-    trainer.log({"step": args.steps, "summary": summary, "compute": compute.summary()}, "summary.jsonl")
-    say(summary)
-    if evals[args.steps]["loss"] > evals[0]["loss"]:
-        say("WARNING: the held-out loss rose: the model got worse on held-out references; lower --lr")
-    trainer.close()
-    say(trainer.outputs(final))
-    distributed.close(d)
+    last = held_out(args.steps, "at the end")
+    trainer.summarize(f"held-out loss (n={len(held_tok)} examples): {first['loss']:.4f} -> {last['loss']:.4f} nats/token",
+                      "WARNING: the held-out loss rose: the model got worse on held-out references; lower --lr"
+                      if last["loss"] > first["loss"] else None)
+    trainer.close(final)
 
 
 if __name__ == "__main__":

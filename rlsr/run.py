@@ -27,11 +27,9 @@ import json
 import math
 import os
 import pickle
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rlsr import distributed
@@ -41,26 +39,6 @@ from rlsr.checkpoint import (apply_umask, atomic_dir, remove_stale_temporaries, 
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def rng_state(*generators: torch.Generator) -> dict:
-    """Every random stream a run draws from, as tensors and plain Python values (loadable with weights_only)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "generators": [g.get_state() for g in generators]}
-
-
-def set_rng_state(state: dict, *generators: torch.Generator):
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for g, s in zip(generators, state["generators"]):
-        g.set_state(s)
 
 
 def _finite_or_none(x):
@@ -226,34 +204,21 @@ class Run:
             print(f"checkpoint {ckpt.name} is damaged ({problem}); trying an older one")
         return None
 
-    def restore(self, ckpt: Path | None, load_optimizer, scheduler, sampler, *generators: torch.Generator) -> dict:
-        """Load a checkpoint's trainer state (the weights are loaded from `ckpt` by the caller); drop later logs.
-
-        load_optimizer: a callable taking the saved optimizer state. Returns the saved state; its "step" is the step
-        to continue after ({"step": 0} when there is no checkpoint yet).
-        """
+    def read_state(self, ckpt: Path | None) -> dict | None:
+        """A checkpoint's trainer state (None for a new run), the log lines after it dropped (the resumed run writes
+        them again). Tensors and plain values only: anything else is refused, never unpickled."""
         if ckpt is None:
             self.truncate_logs(0)
-            return {"step": 0}
+            return None
         try:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
         except pickle.UnpicklingError as e:
             raise CheckpointError(f"{ckpt / 'trainer_state.pt'} holds more than tensors and plain values; refusing "
                                   f"to load it ({str(e).splitlines()[0]})") from None
-        load_optimizer(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"], *generators)
         self.truncate_logs(state["step"])
         if self.writer:
             print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
         return state
-
-
-def trainer_state(step: int, model, optimizer, scheduler, sampler, d, *generators) -> dict:
-    """What resuming needs besides the weights (collective under FSDP: every rank calls it)."""
-    return {"step": step, "optimizer": distributed.full_optimizer_state(model, optimizer, d),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(*generators)}
 
 
 def save_model(path: Path, model, tokenizer, settings: dict | None = None, state_dict=None,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -25,7 +27,7 @@ from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key
 from rlsr.flops import Compute
 from rlsr.model import Transformer
 from rlsr.plot import write_curves
-from rlsr.run import CheckpointError, Run, trainer_state
+from rlsr.run import CheckpointError, Run
 from rlsr.tokenizer import Tokenizer, read_json
 from rlsr.tracking import Trackers, add_tracker_args
 
@@ -267,39 +269,84 @@ def all_finite(tensors) -> bool:
 
 
 class Trainer:
-    """The machinery around a training loop: the optimizer step with its non-finite guard, logging, compute,
-    checkpoints and the final save. `policy` is the Transformer, `model` what the update runs through (DDP / FSDP2 /
-    the policy itself)."""
+    """The machinery around a training loop: the run directory, the optimizer step with its non-finite guard,
+    logging, compute, held-out evaluations, checkpoints, resume and the end of the run.
 
-    def __init__(self, args, d, run: Run, tok: Tokenizer, policy: Transformer, model, sampler, compute: Compute,
-                 generators: tuple = (), warmup_steps: int | None = None):
-        self.args, self.d, self.run, self.tok, self.policy, self.model = args, d, run, tok, policy, model
-        self.sampler, self.compute, self.generators = sampler, compute, generators
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    policy is the Transformer; `trainer.model` is what the update runs through (DDP / FSDP2 / the policy itself).
+    Everything a resume needs besides the weights is `state_dict()`; `restore` loads it back from a checkpoint."""
+
+    def __init__(self, args, d, tok: Tokenizer, policy: Transformer, sampler, init: Path):
+        self.args, self.d, self.tok, self.policy, self.sampler = args, d, tok, policy, sampler
+        self.model = distributed.wrap(policy, d)
+        self.run = open_run(args, d)                       # only now: every input has been checked
+        self.compute = Compute(policy.config, tok.vocab_size, offset=compute_offset(init))
+        self.generator = torch.Generator().manual_seed(args.seed)  # the rollout's draws, the same stream on all ranks
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = not (d.fsdp and d.device.type == "cpu")  # fused AdamW does not take CPU DTensors
-        self.optimizer, self.scheduler = adamw_with_warmup(self.params, args.lr, args.weight_decay,
-                                                           args.warmup_steps if warmup_steps is None else warmup_steps,
-                                                           fused)
+        # the schedule counts optimizer steps: several per step with PPO epochs (--num-iterations)
+        self.optimizer, self.scheduler = adamw_with_warmup(
+            self.params, args.lr, args.weight_decay, args.warmup_steps * getattr(args, "num_iterations", 1), fused)
+        self.step_done = 0                                 # the last step whose update ran (or was skipped)
         self.nonfinite_in_row, self.nonfinite_steps = 0, 0
         self.trackers: Trackers | None = None
         self.warned: set[str] = set()
+        self.evals: dict[int, dict] = {}                   # held-out results by step
+
+    # ---- resumable state: everything a resume needs besides the weights
+    def state_dict(self) -> dict:
+        """Tensors and plain values only (loaded with weights_only=True). Collective under FSDP: every rank calls it.
+        The trained weights are not here: checkpoints hold them in HF layout (`_weights`), and so will adapters."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"step": self.step_done,
+                "optimizer": distributed.full_optimizer_state(self.model, self.optimizer, self.d),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "generators": [self.generator.get_state()]},
+                "compute": self.compute.state_dict(), "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_in_row": self.nonfinite_in_row}
+
+    def load_state_dict(self, state: dict):
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.d)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(rng["python"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        for g, st in zip([self.generator], rng["generators"]):
+            g.set_state(st)
+        self.compute.load_state_dict(state["compute"])
+        self.step_done = state["step"]
+        self.nonfinite_steps = state["nonfinite_steps"]
+        self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
 
     def restore(self, ckpt: Path | None) -> int:
-        """Continue from `ckpt` (None: a new run): optimizer, schedule, data order, RNG, compute. Returns its step."""
-        load = lambda state: distributed.load_optimizer_state(self.model, self.optimizer, state, self.d)  # noqa: E731
-        state = self.run.restore(ckpt, load, self.scheduler, self.sampler, *self.generators)
-        if "compute" in state:
-            self.compute.load_state_dict(state["compute"])
-            self.nonfinite_steps = state["nonfinite_steps"]
-            self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
+        """Continue from `ckpt` (None: a new run; the weights were loaded from it by the caller): its state, the
+        held-out results logged before it, the trackers. Returns the step to continue after."""
+        state = self.run.read_state(ckpt)
+        if state is not None:
+            self.load_state_dict(state)
+        logged = {e["step"]: e for e in self.run.read_log("eval.jsonl")} if self.d.main else {}
+        self.evals = distributed.gather(logged, self.d)[0]
         if self.d.main:
             self.trackers = Trackers(self.run.path, self.run.settings, self.args,
-                                     state["step"] if self.args.resume else None)
-        return state["step"]
+                                     self.step_done if self.args.resume else None)
+        return self.step_done
+
+    # ---- one step
+    def amp(self):
+        """bf16 autocast of the forward passes under --amp (fp32 weights)."""
+        return torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.args.amp)
 
     def step(self, step: int, loss: float) -> tuple[float, bool]:
         """Clip, check and apply the accumulated gradients. loss: the step's loss summed over ranks. Returns the
         gradient norm and whether the update was applied (a non-finite loss or norm skips it)."""
+        self.step_done = step
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
         grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -321,6 +368,10 @@ class Trainer:
                                 "are not saved" + self._resume_note())
         return grad_norm, applied
 
+    def count(self, step_compute: Compute):
+        """Add a step's (or an evaluation's) counts, every rank's, to the run's compute."""
+        merge_compute(self.compute, step_compute, self.d)
+
     def _resume_note(self) -> str:
         last = self.run.latest_checkpoint()
         return f"; the last checkpoint, {last}, is intact" if last else ""
@@ -339,12 +390,26 @@ class Trainer:
             tqdm.write(f"WARNING: step {step}: entropy {metrics['entropy']:.2f} nats, near the uniform distribution's "
                        f"{uniform:.2f}: the policy has collapsed to noise (learning rate {self.args.lr} too high?)")
 
-    def state(self, step: int) -> dict:
-        return {**trainer_state(step, self.model, self.optimizer, self.scheduler, self.sampler, self.d,
-                                *self.generators),
-                "compute": self.compute.state_dict(), "nonfinite_steps": self.nonfinite_steps,
-                "nonfinite_in_row": self.nonfinite_in_row}
+    # ---- held-out evaluation (both scripts): at the start, every --eval-every steps, at the end
+    def evaluate(self, step: int, evaluate, announce: str | None = None) -> dict:
+        """The held-out result at `step`: evaluate(compute) -> {name: value} on the full weights, logged to
+        eval.jsonl with its compute counted; a result logged before a resumed run's checkpoint is not recomputed.
+        announce: said before it is computed."""
+        if step not in self.evals:
+            if announce:
+                speaker(self.d)(announce)
+            eval_compute = Compute(self.policy.config, self.tok.vocab_size)
+            with distributed.full_weights(self.model, self.d), self.amp():
+                self.evals[step] = {"step": step, **evaluate(eval_compute)}
+            self.count(eval_compute)
+            self.log(self.evals[step], "eval.jsonl")
+        return self.evals[step]
 
+    def due(self, step: int) -> bool:
+        """Whether --eval-every asks for a held-out evaluation after this step (the last step's comes at the end)."""
+        return bool(self.args.eval_every) and step % self.args.eval_every == 0 and step != self.args.steps
+
+    # ---- checkpoints and the end of the run
     def _weights(self) -> dict:
         weights = distributed.full_state_dict(self.model, self.d)
         check_finite = all_finite(weights.values()) if self.d.main else True
@@ -356,7 +421,7 @@ class Trainer:
         """Every --save-every steps (collective under FSDP: every rank calls it)."""
         if not self.args.save_every or step % self.args.save_every:
             return
-        state = self.state(step)
+        state = self.state_dict()
         weights = self._weights()
         self.run.save_checkpoint(step, self.policy, self.tok, state, weights, {"compute.json": self.compute.summary()})
         if self.d.main:
@@ -367,18 +432,29 @@ class Trainer:
         weights = self._weights()
         return self.run.save_final(self.policy, self.tok, weights, {"compute.json": self.compute.summary()})
 
+    def summarize(self, summary: str, warning: str | None = None, **fields):
+        """The run's closing line, said and logged to summary.jsonl with its compute; a warning said after it."""
+        self.log({"step": self.args.steps, "summary": summary, **fields, "compute": self.compute.summary()},
+                 "summary.jsonl")
+        say = speaker(self.d)
+        say(summary)
+        if warning:
+            say(warning)
+
     def outputs(self, final: Path) -> str:
         """The closing line: what the run directory holds, and where the final weights are."""
         held = [n for n in ("metrics.jsonl", "eval.jsonl", "samples.jsonl", "summary.jsonl", "curves.png",
                             "checkpoints", "tensorboard", "wandb") if (self.run.path / n).exists()]
         return f"outputs: {self.run.path} ({', '.join(held)}); final weights {final}"
 
-    def close(self):
-        """curves.png of the whole run, and the trackers closed."""
+    def close(self, final: Path):
+        """curves.png of the whole run, the trackers closed, the outputs said, the process group ended."""
         if self.d.main:
             write_curves(self.run.path)
         if self.trackers is not None:
             self.trackers.close()
+        speaker(self.d)(self.outputs(final))
+        distributed.close(self.d)
 
 
 def merge_compute(total: Compute, step: Compute, d):
@@ -395,9 +471,32 @@ def compute_offset(path: Path) -> float:
     return float(read_json(Path(path) / "compute.json").get("flops", 0.0))
 
 
+class Laps:
+    """Wall-clock seconds of a step's phases: `lap(name)` adds the time since the previous lap to times[name]."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def lap(self, name: str):
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self.t
+        self.t = now
+
+    @property
+    def total(self) -> float:
+        return sum(self.times.values())
+
+
 @contextmanager
-def timed(times: dict[str, float], name: str):
-    """Add the wall-clock seconds of the block to times[name]."""
-    t0 = time.perf_counter()
-    yield
-    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+def on_device(model, device, offload: bool):
+    """A frozen model on `device` for the block, and back on the CPU after it when offloading (--kl-model-offload)."""
+    model.to(device)
+    yield model
+    if offload:
+        model.to("cpu")
+
+
+def speaker(d):
+    """print on the main rank, nothing elsewhere."""
+    return print if d.main else (lambda *a, **k: None)
