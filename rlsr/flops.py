@@ -73,6 +73,20 @@ class Compute:
         """Independent causal sequences (SFT examples, packed or not), logits at `logits` positions in all."""
         self.add(phase, sum(lengths), sum(causal_pairs(n) for n in lengths), logits, with_backward)
 
+    def rlsr_step(self, sampled: list[tuple[list[int], list[list[int]]]], trained: tuple[list[int], list[list[int]]],
+                  kl_model: bool, old_logprobs: bool, iterations: int):
+        """One RLSR step, counted once from what ran: the sampling of every draw (sampled: per draw, each group's
+        prompt length and completion lengths), then on the trained groups the KL model's pass, the policy's own
+        pass before the update when a rollout is reused, and `iterations` forward + backward passes."""
+        for prompts, completions in sampled:
+            self.sampling(prompts, completions)
+        if kl_model:
+            self.packed_groups(*trained, phase="kl_model")
+        if old_logprobs:
+            self.packed_groups(*trained, phase="old_logprobs")
+        for _ in range(iterations):
+            self.packed_groups(*trained, phase="policy", with_backward=True)
+
     def merge(self, other: dict):
         """Add another count's `state_dict()` (e.g. other ranks' share of a step)."""
         for k, v in other["flops"].items():

@@ -46,3 +46,15 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
             p = logp.exp()
             entropy = out.masked_scatter(completion_mask, -(p * logp.masked_fill(p == 0, 0)).sum(-1))
     return out.masked_scatter(completion_mask, token_logp), entropy
+
+
+def rows_logprobs(model, rollout, rows: torch.Tensor, group_size: int, temperature: float,
+                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Teacher-forced log-probs [b, tc] (and entropies, if asked) of the completions of some whole groups of a
+    rollout's rows (rlsr.sampling.Rollout; rows [b]), padding trimmed to these rows; tc is their longest completion."""
+    pmask, cmask = rollout.prompt_mask[rows], rollout.mask[rows]                 # [b, Tp], [b, T]
+    p0 = int((~pmask.any(0)).sum())               # leading columns that are padding in every row
+    tc = int(cmask.sum(-1).max())                 # longest completion among these rows
+    logp, ent = completion_logprobs(model, rollout.prompt_ids[rows, p0:], pmask[:, p0:], rollout.tokens[rows, :tc],
+                                    cmask[:, :tc], temperature, with_entropy, group_size)
+    return logp, ent, tc

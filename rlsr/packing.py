@@ -161,3 +161,14 @@ def first_fit_decreasing(lengths: list[int], max_len: int) -> list[list[int]]:
             rows[j].append(i)
             room[j] -= lengths[i]
     return rows
+
+
+def group_batches(lengths: torch.Tensor, group_size: int, rows_per_batch: int) -> list[torch.Tensor]:
+    """RLSR's micro-batches: row indices of whole groups (a prompt is run once per group, `pack_groups`), longest
+    groups first, similar lengths together, at least one group per batch. lengths [N]: prompt + completion tokens
+    of each row."""
+    longest = lengths.view(-1, group_size).max(-1).values                        # [P]
+    groups = torch.argsort(longest, descending=True).tolist()
+    per_batch = max(1, rows_per_batch // group_size)
+    return [torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in groups[i:i + per_batch]])
+            for i in range(0, len(groups), per_batch)]

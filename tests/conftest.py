@@ -138,6 +138,22 @@ def kill_and_resume(script: str, args: list[str], out: Path, kill_after_steps: i
     return killed_at
 
 
-def run_script(script: str, args: list[str]):
+def run_script(script: str, args: list[str], before: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    """Run a top-level script in its own process, as a user does (tests never import the scripts); `before`: Python
+    run in that process first (e.g. to register a reward or to fake a full disk). check: fail on a non-zero exit,
+    showing the end of its stderr."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, str(ROOT / script)] + args, check=True, env=env, capture_output=True)
+    cmd = [sys.executable, str(ROOT / script)] if not before else [
+        sys.executable, "-c", f"import runpy, sys\n{before}\nsys.argv = {[script] + list(args)!r}\n"
+        f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')"]
+    out = subprocess.run(cmd + ([] if before else list(args)), env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{script} exited with {out.returncode}:\n{out.stderr[-3000:]}")
+    return out
+
+
+def script_error(script: str, args: list[str], code: int = 2, before: str = "") -> str:
+    """Run a script that must fail with exit status `code`; its one error line (stderr)."""
+    out = run_script(script, args, before, check=False)
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+    return out.stderr

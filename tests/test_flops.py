@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import FIXTURES, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir
+from conftest import FIXTURES, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script
 from rlsr.flops import Compute, block_matmul_params, forward_flops
 from rlsr.model import Transformer
 
@@ -53,15 +53,13 @@ def test_state_round_trip_and_offset():
 def test_a_training_run_writes_its_compute(tmp_path):
     policy, enc, data = make_tiny_policy_dir(tmp_path / "p"), make_tiny_bert_dir(tmp_path / "e"), make_tiny_data(
         tmp_path / "d.jsonl")
-    import train_rlsr
-    import train_sft
-    train_sft.main(["--init", str(policy), "--data", str(data), "--out-dir", str(tmp_path / "sft"), "--steps", "2",
-                    "--examples-per-step", "2", "--save-every", "0"])
+    run_script("train_sft.py", ["--init", str(policy), "--data", str(data), "--out-dir", str(tmp_path / "sft"),
+                                "--steps", "2", "--examples-per-step", "2", "--save-every", "0"])
     sft = json.loads((tmp_path / "sft" / "final" / "compute.json").read_text())
     assert sft["flops"] == sft["by_phase"]["sft"]["flops"] > 0 and sft["flops_init"] == 0
-    train_rlsr.main(["--init", str(tmp_path / "sft" / "final"), "--encoder", str(enc), "--data", str(data),
-                     "--no-eval", "--out-dir", str(tmp_path / "rl"), "--steps", "2", "--prompts-per-step", "2",
-                     "--group-size", "2", "--max-new-tokens", "4", "--save-every", "0"])
+    run_script("train_rlsr.py", ["--init", str(tmp_path / "sft" / "final"), "--encoder", str(enc), "--data", str(data),
+                                 "--no-eval", "--out-dir", str(tmp_path / "rl"), "--steps", "2", "--prompts-per-step",
+                                 "2", "--group-size", "2", "--max-new-tokens", "4", "--save-every", "0"])
     rl = json.loads((tmp_path / "rl" / "final" / "compute.json").read_text())
     assert rl["flops_init"] == sft["flops"] and rl["flops"] == pytest.approx(rl["flops_init"] + rl["flops_this_run"])
     assert set(rl["by_phase"]) == {"rollout", "kl_model", "policy"}

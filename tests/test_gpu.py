@@ -3,7 +3,8 @@ and a training step under autocast. Run with tests/gpu_check.sh on a CUDA machin
 import pytest
 import torch
 
-from conftest import FAMILIES, FIXTURES, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, logged_metrics
+from conftest import (FAMILIES, FIXTURES, logged_metrics, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir,
+                      run_script)
 from rlsr.logprobs import completion_logprobs
 from rlsr.model import Transformer
 from rlsr.packing import padding_mask, positions_from_mask
@@ -54,11 +55,11 @@ def test_compiled_cuda_graph_decode_matches_eager():
 
 
 def test_rlsr_step_on_cuda_with_autocast(tmp_path):
-    import train_rlsr
     policy, enc, data = (make_tiny_policy_dir(tmp_path / "p"), make_tiny_bert_dir(tmp_path / "e"),
                          make_tiny_data(tmp_path / "d.jsonl"))
-    train_rlsr.main(["--init", str(policy), "--encoder", str(enc), "--data", str(data), "--train-split", "all",
-                     "--no-eval", "--out-dir", str(tmp_path / "r"), "--steps", "2", "--prompts-per-step", "2",
-                     "--group-size", "4", "--max-new-tokens", "8", "--device", "cuda", "--amp", "--kl-model-offload"])
+    run_script("train_rlsr.py", ["--init", str(policy), "--encoder", str(enc), "--data", str(data),
+                                 "--train-split", "all", "--no-eval", "--out-dir", str(tmp_path / "r"), "--steps", "2",
+                                 "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "8",
+                                 "--device", "cuda", "--amp", "--kl-model-offload"])
     m = logged_metrics(tmp_path / "r")
     assert len(m) == 2 and m[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-3)

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import train_sft
 from conftest import (FIXTURES, kill_and_resume, logged_metrics, make_tiny_data, make_tiny_policy_dir, run_script)
 from rlsr.data import Example
 from rlsr.model import Transformer
@@ -79,17 +78,17 @@ def sft_argv(policy, data, out, steps, *extra):
 
 def test_train_sft_lowers_held_out_loss_and_feeds_rlsr(tmp_path):
     policy, data = make_tiny_policy_dir(tmp_path / "policy"), make_tiny_data(tmp_path / "data.jsonl")
-    train_sft.main(sft_argv(policy, data, tmp_path / "sft", 6, "--pack"))
+    run_script("train_sft.py", sft_argv(policy, data, tmp_path / "sft", 6, "--pack"))
     evals = [json.loads(line) for line in (tmp_path / "sft" / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 6] and evals[1]["loss"] < evals[0]["loss"]
     m = logged_metrics(tmp_path / "sft")
     assert [r["step"] for r in m] == list(range(1, 7)) and {"loss", "grad_norm", "num_targets"} <= m[0].keys()
     assert Tokenizer.from_pretrained(tmp_path / "sft" / "final").stop_ids == {2}
     from conftest import make_tiny_bert_dir
-    import train_rlsr
-    train_rlsr.main(["--init", str(tmp_path / "sft" / "final"), "--encoder", str(make_tiny_bert_dir(tmp_path / "e")),
-                     "--data", str(data), "--train-split", "all", "--no-eval", "--out-dir", str(tmp_path / "rl"),
-                     "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4"])
+    run_script("train_rlsr.py", ["--init", str(tmp_path / "sft" / "final"),
+                                 "--encoder", str(make_tiny_bert_dir(tmp_path / "e")), "--data", str(data),
+                                 "--train-split", "all", "--no-eval", "--out-dir", str(tmp_path / "rl"), "--steps", "1",
+                                 "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4"])
     assert len(logged_metrics(tmp_path / "rl")) == 1
 
 

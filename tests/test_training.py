@@ -1,8 +1,9 @@
 """What a new user hits: bad flags and inputs refused before anything is written, non-finite numbers never saved,
 resume that refuses changed settings, checkpoints that are verified, recoverable and not pickles (rlsr/training.py,
 rlsr/run.py). Tiny random models; each case names the behaviour it pins."""
-import errno
+import argparse
 import json
+import re
 import os
 import pickle
 import subprocess
@@ -12,16 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import train_rlsr
-import train_sft
-from conftest import ROOT, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir
-from rlsr import run as run_module
+from conftest import ROOT, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script, script_error
 from rlsr import training
 from rlsr.checkpoint import write_manifest
-from rlsr.data import DataError
 from rlsr.metrics import StepSamples, step_metrics
-from rlsr.run import CheckpointError
-from rlsr.training import TrainingError, UsageError
+from rlsr.training import TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +49,7 @@ def metrics(run):
     ("--group-size", "1", "--group-size 1 must be >= 2"),
 ])
 def test_mistaken_flags_are_refused_before_anything_is_written(assets, tmp_path, flag, value, message):
-    with pytest.raises(UsageError, match=message.replace("+", r"\+").replace(".", r"\.")):
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "run", flag, value))
+    assert script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", flag, value)) == f"error: {message}\n"
     assert not (tmp_path / "run").exists()
 
 
@@ -69,57 +64,59 @@ def test_cli_prints_one_error_line_and_exits_2(assets, tmp_path):
 def test_bad_data_leaves_no_run_directory_and_the_next_try_works(assets, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"prompt": "hi", "response": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl:1: not UTF-8"):
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--data", str(bad)))
+    assert "bad.jsonl:1: not UTF-8" in script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--data", str(bad)))
     assert not (tmp_path / "run").exists()
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(DataError, match="empty.jsonl"):
-        train_sft.main(["--init", str(assets[0]), "--data", str(tmp_path / "empty.jsonl"), "--out-dir", str(tmp_path / "run")])
+    assert "empty.jsonl" in script_error("train_sft.py", ["--init", str(assets[0]), "--data", str(tmp_path / "empty.jsonl"),
+                                                          "--out-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
-    train_rlsr.main(rlsr_argv(assets, tmp_path / "run", steps=1))  # same --out-dir: nothing blocks it
+    run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", steps=1))  # same --out-dir: nothing blocks it
     assert len(metrics(tmp_path / "run")) == 1
 
 
-def test_a_file_alone_is_split_for_held_out_and_an_empty_held_out_set_is_an_error(assets, tmp_path, capsys):
-    train_rlsr.main(rlsr_argv(assets, tmp_path / "run", steps=1))
-    out = capsys.readouterr().out
+def test_a_file_alone_is_split_for_held_out_and_an_empty_held_out_set_is_an_error(assets, tmp_path):
+    out = run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", steps=1)).stdout
     assert "training on its 'train' split and evaluating on its 'test' split" in out
     evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     train_prompts = {json.loads(line)["prompt"] for line in assets[2].read_text().splitlines()}
     assert evals and len(evals[0]["ids"]) == 2
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"prompt": "Hello there?", "response": "Hi."}) + "\n")
-    with pytest.raises((UsageError, DataError), match="one.jsonl"):
-        train_sft.main(["--init", str(assets[0]), "--data", str(assets[2]), "--eval-data", str(one),
-                        "--eval-split", "test", "--out-dir", str(tmp_path / "sft")])
+    assert "one.jsonl" in script_error("train_sft.py", ["--init", str(assets[0]), "--data", str(assets[2]),
+                                                         "--eval-data", str(one), "--eval-split", "test",
+                                                         "--out-dir", str(tmp_path / "sft")])
     # training and held-out data that overlap are said to overlap
-    train_rlsr.main(rlsr_argv(assets, tmp_path / "same", "--train-split", "all", "--eval-data", str(assets[2]),
-                              "--eval-split", "all", steps=1))
-    assert "also occur in the training data" in capsys.readouterr().out
+    out = run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "same", "--train-split", "all", "--eval-data",
+                                                str(assets[2]), "--eval-split", "all", steps=1)).stdout
+    assert "also occur in the training data" in out
     assert train_prompts
 
 
-def test_save_every_zero_writes_only_final(assets, tmp_path, capsys):
-    train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--save-every", "0", "--no-eval"))
+def test_save_every_zero_writes_only_final(assets, tmp_path):
+    out = run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--save-every", "0", "--no-eval")).stdout
     assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run" / "final" / "manifest.json").exists()
-    line = capsys.readouterr().out.strip().splitlines()[-1]   # names only what the run wrote
+    line = out.strip().splitlines()[-1]   # names only what the run wrote
     assert line.startswith(f"outputs: {tmp_path / 'run'} (metrics.jsonl") and "checkpoints" not in line
     assert "eval.jsonl" not in line and line.endswith(f"final weights {tmp_path / 'run' / 'final'}")
 
 
 # ---- non-finite numbers: skipped, counted, stopped, never saved; logs stay strict JSON
 
-def test_nonfinite_loss_steps_are_skipped_then_the_run_stops_and_nothing_nonfinite_is_written(assets, tmp_path, monkeypatch):
-    real = train_rlsr.policy_loss
-    calls = {"n": 0}
+POISONED_LOSS = """
+import rlsr.grpo
+real, calls = rlsr.grpo.policy_loss, []
+def poisoned(*a, **k):  # the first step is fine, then NaN
+    loss, st = real(*a, **k)
+    calls.append(1)
+    return (loss * float("nan") if len(calls) > 1 else loss), st
+rlsr.grpo.policy_loss = poisoned
+"""
 
-    def poisoned(*a, **k):
-        loss, st = real(*a, **k)
-        calls["n"] += 1
-        return (loss * float("nan") if calls["n"] > 1 else loss), st  # the first step is fine, then NaN
-    monkeypatch.setattr(train_rlsr, "policy_loss", poisoned)
-    with pytest.raises(TrainingError, match="2 steps in a row had a non-finite loss"):
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--max-nonfinite-steps", "2", "--no-eval", steps=5))
+
+def test_nonfinite_loss_steps_are_skipped_then_the_run_stops_and_nothing_nonfinite_is_written(assets, tmp_path):
+    err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--max-nonfinite-steps", "2", "--no-eval",
+                                                  steps=5), code=1, before=POISONED_LOSS)
+    assert "2 steps in a row had a non-finite loss" in err
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # strict JSON: json.loads would accept NaN, so check the text too
     assert not any("NaN" in line or "Infinity" in line for line in lines)
@@ -138,13 +135,12 @@ def test_nonfinite_weights_are_never_written(assets, tmp_path):
     policy, tok = training.Transformer.from_pretrained(assets[0]), training.Tokenizer.from_pretrained(assets[0])
     with torch.no_grad():
         policy.model.norm.weight[0] = float("inf")
-    args = train_rlsr.build_parser().parse_args(rlsr_argv(assets, tmp_path / "r"))
-    d = training.distributed.init("cpu")
-    run = training.Run.create(tmp_path / "r", {}, True)
+    ap = argparse.ArgumentParser()
+    training.common_args(ap, steps=2, lr=1e-3, warmup=0, micro_batch=4, out_dir=str(tmp_path / "r"))
+    args = ap.parse_args(["--save-every", "1"])
     from rlsr.data import PromptSampler, load_jsonl
-    from rlsr.flops import Compute
-    t = training.Trainer(args, d, run, tok, policy, policy, PromptSampler(load_jsonl(assets[2]), 2),
-                         Compute(policy.config))
+    t = training.Trainer(args, training.distributed.init("cpu"), tok, policy, PromptSampler(load_jsonl(assets[2]), 2),
+                         assets[0])
     with pytest.raises(TrainingError, match="non-finite weights; refusing to write them"):
         t.maybe_checkpoint(1)
     assert not (tmp_path / "r" / "checkpoints").exists()
@@ -153,32 +149,29 @@ def test_nonfinite_weights_are_never_written(assets, tmp_path):
 # ---- resume: the run's own settings, verified checkpoints, no pickles, clean temporaries
 
 def test_resume_refuses_a_changed_flag_and_allows_the_listed_ones(assets, tmp_path):
-    train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--no-eval"))
-    with pytest.raises(UsageError, match=r"--lr 0\.123 differs from the run's 0\.001"):
-        train_rlsr.main(["--resume", str(tmp_path / "run"), "--lr", "0.123"])
-    with pytest.raises(UsageError, match="--group-size 5 differs from the run's 2"):
-        train_rlsr.main(["--resume", str(tmp_path / "run"), "--group-size", "5"])
-    with pytest.raises(UsageError, match="only --steps, .*--sample-every.*--kl-model-offload may change"):
-        train_rlsr.main(["--resume", str(tmp_path / "run"), "--beta", "0.5"])
-    train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3", "--save-every", "3", "--micro-batch-size", "2"])
+    run = str(tmp_path / "run")
+    run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--no-eval"))
+    assert "--lr 0.123 differs from the run's 0.001" in script_error("train_rlsr.py", ["--resume", run, "--lr", "0.123"])
+    assert "--group-size 5 differs from the run's 2" in script_error("train_rlsr.py", ["--resume", run, "--group-size", "5"])
+    err = script_error("train_rlsr.py", ["--resume", run, "--beta", "0.5"])
+    assert "only --steps, " in err and "--sample-every" in err and "--kl-model-offload may change" in err
+    run_script("train_rlsr.py", ["--resume", run, "--steps", "3", "--save-every", "3", "--micro-batch-size", "2"])
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3]
-    sft = training.resumable_flags(train_sft.build_parser())   # each script lists only the flags it has
-    assert "--micro-batch-size" in sft and "--sample-every" not in sft and "--kl-model-offload" not in sft
+    err = script_error("train_sft.py", ["--resume", run, "--lr", "0.5"])   # each script lists only the flags it has
+    assert "--micro-batch-size" in err and "--sample-every" not in err and "--kl-model-offload" not in err
     (tmp_path / "run" / "settings.json").write_text("{not json")
-    with pytest.raises(UsageError, match="settings.json:1: invalid JSON"):
-        train_rlsr.main(["--resume", str(tmp_path / "run")])
+    assert "settings.json:1: invalid JSON" in script_error("train_rlsr.py", ["--resume", run])
 
 
-def test_resume_falls_back_to_the_newest_intact_checkpoint_and_cleans_temporaries(assets, tmp_path, capsys):
+def test_resume_falls_back_to_the_newest_intact_checkpoint_and_cleans_temporaries(assets, tmp_path):
     run = tmp_path / "run"
-    train_rlsr.main(rlsr_argv(assets, run, "--no-eval", steps=3))          # keeps step-000002 and step-000003
+    run_script("train_rlsr.py", rlsr_argv(assets, run, "--no-eval", steps=3))  # keeps step-000002 and step-000003
     newest = run / "checkpoints" / "step-000003" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:1000])                        # truncated, as by a full disk
     stale = run / "checkpoints" / ".step-000004.tmp-abc"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 100)
-    train_rlsr.main(["--resume", str(run), "--steps", "4"])
-    out = capsys.readouterr().out
+    out = run_script("train_rlsr.py", ["--resume", str(run), "--steps", "4"]).stdout
     assert "checkpoint step-000003 is damaged" in out and "resumed" in out and "from step-000002" in out
     assert not stale.exists() and f"removed {stale}" in out
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
@@ -186,7 +179,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_cleans_temporarie
 
 def test_trainer_state_is_not_unpickled(assets, tmp_path):
     run = tmp_path / "run"
-    train_rlsr.main(rlsr_argv(assets, run, "--no-eval", steps=1))
+    run_script("train_rlsr.py", rlsr_argv(assets, run, "--no-eval", steps=1))
     marker = tmp_path / "ran"
 
     class Payload:
@@ -195,31 +188,26 @@ def test_trainer_state_is_not_unpickled(assets, tmp_path):
     ckpt = run / "checkpoints" / "step-000001"
     (ckpt / "trainer_state.pt").write_bytes(pickle.dumps({"step": 1, "x": Payload()}))
     write_manifest(ckpt)  # a consistent manifest: only the loader stands between the file and the code
-    with pytest.raises(CheckpointError, match="holds more than tensors and plain values; refusing to load it"):
-        train_rlsr.main(["--resume", str(run), "--steps", "2"])
+    err = script_error("train_rlsr.py", ["--resume", str(run), "--steps", "2"], code=1)
+    assert "holds more than tensors and plain values; refusing to load it" in err
     assert not marker.exists()
 
 
-def test_full_disk_is_named_before_and_during_a_checkpoint(assets, tmp_path, monkeypatch):
-    class Usage:
-        free = 10_000
-    monkeypatch.setattr(run_module.shutil, "disk_usage", lambda p: Usage)
-    with pytest.raises(CheckpointError, match=r"no space left on .* for step-000001: it needs about 0\.\d+ GB"):
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "a", "--no-eval", steps=1))
-    monkeypatch.undo()
-
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(run_module.torch, "save", full)
-    with pytest.raises(CheckpointError, match="no space left on"):
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "b", "--no-eval", steps=1))
+def test_full_disk_is_named_before_and_during_a_checkpoint(assets, tmp_path):
+    small_disk = "import collections, shutil\nshutil.disk_usage = lambda p: collections.namedtuple('U', 'free')(10_000)"
+    err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "a", "--no-eval", steps=1), 1, small_disk)
+    assert re.search(r"no space left on .* for step-000001: it needs about 0\.\d+ GB", err)
+    full_disk = ("import errno, torch\n"
+                 "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\ntorch.save = full")
+    err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "b", "--no-eval", steps=1), 1, full_disk)
+    assert "no space left on" in err
     assert not list((tmp_path / "b" / "checkpoints").glob(".*"))  # the temporary directory is gone too
 
 
 def test_outputs_follow_the_umask(assets, tmp_path):
     old = os.umask(0o022)
     try:
-        train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--no-eval", steps=1))
+        run_script("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--no-eval", steps=1))
     finally:
         os.umask(old)
     for p in (tmp_path / "run" / "final", tmp_path / "run" / "checkpoints" / "step-000001"):
@@ -260,9 +248,8 @@ def test_reward_components_are_means_over_the_kept_rows():
 
 def test_kl_model_is_bf16_under_amp_and_the_readme_memory_figures_hold():
     """The frozen KL model is loaded in bf16 under --amp; the README's 7B figures from the Qwen2.5-7B shapes."""
-    args = train_rlsr.build_parser().parse_args(["--amp"])
-    assert training.frozen_dtype(args) == torch.bfloat16
-    assert training.frozen_dtype(train_rlsr.build_parser().parse_args([])) == torch.float32
+    assert training.frozen_dtype(SimpleNamespace(amp=True, dtype="float32")) == torch.bfloat16
+    assert training.frozen_dtype(SimpleNamespace(amp=False, dtype="float32")) == torch.float32
     from rlsr.model import ModelConfig, Transformer
     qwen7b = dict(architectures=["Qwen2ForCausalLM"], vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                   num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
@@ -290,7 +277,7 @@ def test_a_policy_collapsed_to_noise_is_warned_about_once(capsys):
 def test_resume_on_changed_data_names_the_change(assets, tmp_path):
     data = make_tiny_data(tmp_path / "data.jsonl", 16)
     policy, encoder, _ = assets
-    train_rlsr.main(rlsr_argv((policy, encoder, data), tmp_path / "run", "--no-eval"))
+    run_script("train_rlsr.py", rlsr_argv((policy, encoder, data), tmp_path / "run", "--no-eval"))
     make_tiny_data(data, 12)                                  # the same file, fewer examples
-    with pytest.raises(DataError, match="the data changed since the run started"):
-        train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3"])
+    err = script_error("train_rlsr.py", ["--resume", str(tmp_path / "run"), "--steps", "3"])
+    assert "the data changed since the run started" in err
