@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import eval as evaluation
-from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data
+from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data, run_script, script_error
 from rlsr import arena_hard, report
+from rlsr.benchmarks import resolve_split, take
 from rlsr.data import load_arena_hard, load_dataset, load_ifeval
 from rlsr.lc_win_rate import lc_win_rate
 from rlsr.metrics import paired_bootstrap_ci
@@ -39,11 +39,14 @@ def prompt_length(path, text: str) -> int:
     return len(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
 
 
-def run_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        evaluation.main(argv)
-    assert e.value.code == 2
-    return capsys.readouterr().err
+def run_eval(argv) -> str:
+    """eval.py run as a command: its standard output."""
+    return run_script("eval.py", argv).stdout
+
+
+def run_error(argv) -> str:
+    """eval.py refusing its input: exit status 2, the error on standard error."""
+    return script_error("eval.py", argv)
 
 # ---------------------------------------------------------------- a fake judge: deterministic, no network
 
@@ -89,9 +92,9 @@ def test_judged_run_has_every_column_paired_differences_and_official_files(tiny,
     server.reply = fake_reply
     out = tmp_path / "eval"
     try:
-        evaluation.main(base_args(tiny, out, str(a), str(b), "--names", "first", "second", "--limit", "6",
-                                  "--max-prompt-tokens", "300", "--judge-url", server.base_url,
-                                  "--judge-model", "fake/judge", "--judge-key-env", "", "--compare", "first:second"))
+        run_eval(base_args(tiny, out, str(a), str(b), "--names", "first", "second", "--limit", "6",
+                           "--max-prompt-tokens", "300", "--judge-url", server.base_url,
+                           "--judge-model", "fake/judge", "--judge-key-env", "", "--compare", "first:second"))
     finally:
         server.close()
         (b / "compute.json").unlink()
@@ -174,7 +177,7 @@ def test_judged_run_has_every_column_paired_differences_and_official_files(tiny,
 
 def test_without_a_judge_win_rate_columns_are_absent_and_said_so(tiny, tmp_path):
     out = tmp_path / "eval"
-    evaluation.main(base_args(tiny, out, str(tiny["a"]), "--limit", "5", "--no-arena-hard", "--no-ifeval"))
+    run_eval(base_args(tiny, out, str(tiny["a"]), "--limit", "5", "--no-arena-hard", "--no-ifeval"))
     r = json.loads((out / "results.json").read_text())["results"][0]
     assert set(r["metrics"]) == {"cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "distinct_2"}
     md = (out / "results.md").read_text()
@@ -184,8 +187,8 @@ def test_bertscore_and_bleu_columns_equal_the_rewards_and_seeds_are_summarised(t
     from rlsr.encoder import Encoder
     from rlsr.text_metrics import BERTScore, sentence_bleu
     out = tmp_path / "eval"
-    evaluation.main(base_args(tiny, out, str(tiny["a"]), str(tiny["b"]), "--names", "m@0", "m@1", "--limit", "4",
-                              "--no-arena-hard", "--no-ifeval", "--bertscore"))
+    run_eval(base_args(tiny, out, str(tiny["a"]), str(tiny["b"]), "--names", "m@0", "m@1", "--limit", "4",
+                       "--no-arena-hard", "--no-ifeval", "--bertscore"))
     res = json.loads((out / "results.json").read_text())["results"]
     answers = json.loads((out / "model_outputs" / "m@0.json").read_text())
     refs = [ex.reference for ex in load_dataset(str(tiny["data"]), "all")[:4]]
@@ -201,16 +204,16 @@ def test_bertscore_and_bleu_columns_equal_the_rewards_and_seeds_are_summarised(t
 
 def test_spread_takes_prompts_by_hash_in_file_order():
     items = [f"p{i}" for i in range(10)]
-    picked = evaluation.take(items, items, 4, spread=True)
+    picked = take(items, items, 4, spread=True)
     by_hash = sorted(items, key=lambda x: hashlib.sha256(x.encode()).hexdigest())[:4]
-    assert picked == [x for x in items if x in by_hash] and evaluation.take(items, items, 4, False) == items[:4]
-    assert evaluation.take(items, items, None, True) == items
+    assert picked == [x for x in items if x in by_hash] and take(items, items, 4, False) == items[:4]
+    assert take(items, items, None, True) == items
 
 
 # ---------------------------------------------------------------- the prompt-length filter
 
 
-def test_prompt_filter_is_the_union_over_tokenizers(tiny, tmp_path, capsys):
+def test_prompt_filter_is_the_union_over_tokenizers(tiny, tmp_path):
     """A prompt too long under either checkpoint's chat template is left out for both."""
     long_template = make_tiny_policy_dir(tmp_path / "long")
     cfg_path = long_template / "tokenizer_config.json"
@@ -230,10 +233,10 @@ def test_prompt_filter_is_the_union_over_tokenizers(tiny, tmp_path, capsys):
     fits_both = [x <= limit and y <= limit for x, y in zip(short, long)]
     assert 0 < sum(fits_both) < sum(x <= limit for x in short)
     out = tmp_path / "eval"
-    evaluation.main([*FAST, "--data", str(data), "--encoders", str(tiny["enc"][0]), "--no-arena-hard",
-                     "--no-ifeval", "--max-prompt-tokens", str(limit), "--out-dir", str(out), str(tiny["a"]),
-                     str(long_template), "--names", "short", "long"])
-    assert f"{10 - sum(fits_both)} of 10 left out" in capsys.readouterr().out
+    stdout = run_eval([*FAST, "--data", str(data), "--encoders", str(tiny["enc"][0]), "--no-arena-hard",
+                       "--no-ifeval", "--max-prompt-tokens", str(limit), "--out-dir", str(out), str(tiny["a"]),
+                       str(long_template), "--names", "short", "long"])
+    assert f"{10 - sum(fits_both)} of 10 left out" in stdout
     p = json.loads((out / "results.json").read_text())["prompts"]["alpaca_eval"]
     assert p["left_out"] == 10 - sum(fits_both) and p["evaluated"] == sum(fits_both)
     assert p["left_out_ids"] == [f"varied.jsonl:{i + 1}" for i, f in enumerate(fits_both) if not f]
@@ -242,41 +245,40 @@ def test_prompt_filter_is_the_union_over_tokenizers(tiny, tmp_path, capsys):
         assert [o["instruction"] for o in json.loads((out / "model_outputs" / f"{name}.json").read_text())] == kept
 
 
-def test_a_benchmark_emptied_by_the_filter_is_named(tiny, tmp_path, capsys):
+def test_a_benchmark_emptied_by_the_filter_is_named(tiny, tmp_path):
     err = run_error(base_args(tiny, tmp_path / "eval", str(tiny["a"]), "--no-arena-hard", "--no-ifeval",
-                              "--max-prompt-tokens", "10"), capsys)
+                              "--max-prompt-tokens", "10"))
     assert "alpaca_eval: all 8 prompts are longer than --max-prompt-tokens 10" in err
     assert not (tmp_path / "eval").exists()
 
 # ---------------------------------------------------------------- out-dir, --resume, --overwrite
 
 
-def test_out_dir_refusal_resume_and_overwrite(tiny, tmp_path, capsys):
+def test_out_dir_refusal_resume_and_overwrite(tiny, tmp_path):
     out = tmp_path / "eval"
     common = base_args(tiny, out, "--limit", "5", "--no-arena-hard", "--no-ifeval", "--judge", str(tiny["a"]))
-    evaluation.main([str(tiny["a"]), str(tiny["b"]), "--names", "one", "two", *common])
+    run_eval([str(tiny["a"]), str(tiny["b"]), "--names", "one", "two", *common])
     per = {n: (out / "per_checkpoint" / f"{n}.json").read_bytes() for n in ("one", "two")}
     assert "win_rate" in json.loads(per["one"])["metrics"]           # the local judge ran
-    capsys.readouterr()
 
-    err = run_error([str(tiny["a"]), "--names", "one", *common], capsys)
+    err = run_error([str(tiny["a"]), "--names", "one", *common])
     assert "exists and is not empty" in err and "--overwrite" in err and "--resume" in err
 
     third = make_tiny_policy_dir(tmp_path / "third", family="qwen3")
-    evaluation.main([str(tiny["a"]), str(tiny["b"]), str(third), "--names", "one", "two", "three", *common,
-                     "--resume", "--batch-size", "2"])                 # --batch-size may change
-    assert "one, two already evaluated, skipped" in capsys.readouterr().out
+    stdout = run_eval([str(tiny["a"]), str(tiny["b"]), str(third), "--names", "one", "two", "three", *common,
+                       "--resume", "--batch-size", "2"])               # --batch-size may change
+    assert "one, two already evaluated, skipped" in stdout
     assert {n: (out / "per_checkpoint" / f"{n}.json").read_bytes() for n in ("one", "two")} == per
     res = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in res["results"]] == ["one", "two", "three"]
     assert [p["name"] for p in res["paired"]] == ["two - one", "three - one"]
 
-    err = run_error([str(tiny["a"]), "--names", "one", *common, "--resume", "--max-new-tokens", "5"], capsys)
+    err = run_error([str(tiny["a"]), "--names", "one", *common, "--resume", "--max-new-tokens", "5"])
     assert "--max-new-tokens 4" in err and "this run has 5" in err
-    err = run_error([str(tiny["b"]), "--names", "one", *common, "--resume"], capsys)
+    err = run_error([str(tiny["b"]), "--names", "one", *common, "--resume"])
     assert "holds checkpoint" in err and str(tiny["a"]) in err
 
-    evaluation.main([str(tiny["b"]), "--names", "two", *common, "--overwrite"])
+    run_eval([str(tiny["b"]), "--names", "two", *common, "--overwrite"])
     assert sorted(p.name for p in (out / "per_checkpoint").iterdir()) == ["two.json"]
     assert (out / "per_checkpoint" / "two.json").read_bytes() != per["two"]  # evaluated again (its timings differ)
 
@@ -310,11 +312,11 @@ def break_checkpoint(path, how: str):
     ("missing_tensor", "missing tensor 'model.norm.weight'"), ("no_weights", "no weights"),
     ("tokenizer", "tokenizer"), ("not_a_directory", "not a directory"),
 ])
-def test_bad_second_checkpoint_is_rejected_before_the_first_is_evaluated(tiny, tmp_path, capsys, how, message):
+def test_bad_second_checkpoint_is_rejected_before_the_first_is_evaluated(tiny, tmp_path, how, message):
     bad = make_tiny_policy_dir(tmp_path / "bad")
     break_checkpoint(bad, how)
     out = tmp_path / "eval"
-    err = run_error(base_args(tiny, out, str(tiny["a"]), str(bad), "--no-arena-hard", "--no-ifeval"), capsys)
+    err = run_error(base_args(tiny, out, str(tiny["a"]), str(bad), "--no-arena-hard", "--no-ifeval"))
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert "bad" in err
     assert not out.exists()                         # nothing written, not even the directory
@@ -336,11 +338,11 @@ def test_bad_second_checkpoint_is_rejected_before_the_first_is_evaluated(tiny, t
     (["--data", "nowhere.jsonl"], "is neither a built-in data set"),
     (["--encoders", "enc_one_missing_dir"], "--encoders enc_one_missing_dir"),
 ])
-def test_bad_flags_are_rejected_before_any_work(tiny, tmp_path, capsys, extra, message):
+def test_bad_flags_are_rejected_before_any_work(tiny, tmp_path, extra, message):
     names = [] if "--names" in extra else ["--names", "a", "b"]
     argv = [str(tiny["a"]), str(tiny["b"]), *names, *base_args(tiny, tmp_path / "eval"), "--no-arena-hard",
             "--no-ifeval", *extra]
-    err = run_error(argv, capsys)
+    err = run_error(argv)
     assert message in err, err
     assert not (tmp_path / "eval").exists()
 
@@ -367,14 +369,14 @@ def test_compute_cell(flops, cell):
     assert report.fmt_flops(None) == "-"
 
 
-def test_bad_compute_json_is_rejected(tiny, tmp_path, capsys):
+def test_bad_compute_json_is_rejected(tiny, tmp_path):
     ckpt = make_tiny_policy_dir(tmp_path / "c")
     (ckpt / "compute.json").write_text(json.dumps({"flops": "a lot"}))
-    err = run_error(base_args(tiny, tmp_path / "eval", str(ckpt), "--no-arena-hard", "--no-ifeval"), capsys)
+    err = run_error(base_args(tiny, tmp_path / "eval", str(ckpt), "--no-arena-hard", "--no-ifeval"))
     assert "compute.json: field 'flops' must be a finite number" in err
 
 
-def test_prompts_a_checkpoint_trained_on_are_reported(tiny, tmp_path, capsys):
+def test_prompts_a_checkpoint_trained_on_are_reported(tiny, tmp_path):
     """A checkpoint whose run trained on the evaluated prompts is said to have (settings.json beside its weights)."""
     trained = tmp_path / "run" / "final"
     shutil.copytree(tiny["a"], trained)
@@ -383,10 +385,10 @@ def test_prompts_a_checkpoint_trained_on_are_reported(tiny, tmp_path, capsys):
     n = len(load_dataset(str(tiny["data"]), "train"))              # a file alone trains on its hash split 'train'
     assert 0 < n < 8
     out = tmp_path / "eval"
-    evaluation.main(base_args(tiny, out, "--no-arena-hard", "--no-ifeval", str(tiny["a"]), str(trained),
-                              "--names", "untrained", "trained"))
+    stdout = run_eval(base_args(tiny, out, "--no-arena-hard", "--no-ifeval", str(tiny["a"]), str(trained),
+                                "--names", "untrained", "trained"))
     warning = f"WARNING: {n} of 8 alpaca_eval prompts are prompts it trained on (--data {tiny['data']}, split train)"
-    assert f"trained: {warning}" in capsys.readouterr().out
+    assert f"trained: {warning}" in stdout
     assert f"- trained: {warning}" in (out / "results.md").read_text()
     assert "untrained: WARNING" not in (out / "results.md").read_text()
 
@@ -395,12 +397,12 @@ def test_default_split_is_test_when_a_checkpoint_trained_on_alpaca_eval(tmp_path
     (tmp_path / "settings.json").write_text(json.dumps({"data": "alpaca_eval", "train_split": None}))
     ckpt = SimpleNamespace(name="rlsr", spec=str(tmp_path), path=tmp_path)
     base = SimpleNamespace(name="base", spec="base", path=tmp_path)
-    args = evaluation.parse_args(["base"])
-    evaluation.resolve_split(args, [base])
+    args = SimpleNamespace(data="alpaca_eval", split=None)      # eval.py's defaults
+    resolve_split(args, [base])
     assert args.split == "all"                                   # the packaged model: every prompt is held out
-    args = evaluation.parse_args(["base", "x"])
-    evaluation.resolve_split(args, [base, ckpt])
+    args = SimpleNamespace(data="alpaca_eval", split=None)
+    resolve_split(args, [base, ckpt])
     assert args.split == "test" and "rlsr trained on alpaca_eval" in capsys.readouterr().out
-    args = evaluation.parse_args(["base", "x", "--split", "all"])
-    evaluation.resolve_split(args, [base, ckpt])
+    args = SimpleNamespace(data="alpaca_eval", split="all")
+    resolve_split(args, [base, ckpt])
     assert args.split == "all"                                   # given: kept (and the overlap is then reported)

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FIXTURES, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir
+from conftest import FIXTURES, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script
 from rlsr.model import Transformer
 from rlsr.run import save_model
 from rlsr.tokenizer import Tokenizer
@@ -99,14 +99,14 @@ def test_alpaca_eval_reads_eval_py_model_outputs(tmp_path, monkeypatch):
                                   "requirements-dev.txt; it imports pkg_resources, so setuptools < 81)")
     from alpaca_eval import utils as ae_utils
 
-    import eval as evaluation
     for k, v in OFFLINE.items():
         monkeypatch.setenv(k, v)
     a, b = make_tiny_policy_dir(tmp_path / "a"), make_tiny_policy_dir(tmp_path / "b", family="llama")
     out = tmp_path / "eval"
-    evaluation.main([str(a), str(b), "--names", "first", "second", "--data", str(make_tiny_data(tmp_path / "d.jsonl", 6)),
-                     "--encoders", str(make_tiny_bert_dir(tmp_path / "enc")), "--no-arena-hard", "--no-ifeval",
-                     "--max-new-tokens", "6", "--out-dir", str(out)])
+    run_script("eval.py", [str(a), str(b), "--names", "first", "second", "--data",
+                           str(make_tiny_data(tmp_path / "d.jsonl", 6)), "--encoders",
+                           str(make_tiny_bert_dir(tmp_path / "enc")), "--no-arena-hard", "--no-ifeval",
+                           "--max-new-tokens", "6", "--out-dir", str(out)])
     files = {n: out / "model_outputs" / f"{n}.json" for n in ("first", "second")}
     ours = {n: json.loads(p.read_text()) for n, p in files.items()}
 

@@ -1,0 +1,440 @@
+"""The benchmarks eval.py runs, each a small unit: load its prompts -> answer them (greedy, every checkpoint the same
+prompts) -> score the answers and write them in the benchmark's own format for its official tools.
+
+    alpaca_eval   AlpacaEval-style prompts with reference answers (--data, --split; rlsr/data.py): every reward of
+                  rlsr/reward.py as a column (`reward_columns`), length, distinct-2, and with a judge the win rate
+                  against the reference and the length-controlled win rate (rlsr/judge.py, rlsr/lc_win_rate.py)
+    arena_hard    Arena-Hard v2.0's questions, judged against each category's baseline (rlsr/arena_hard.py)
+    ifeval        IFEval's prompts, scored by Google's checkers (rlsr/ifeval.py)
+
+A new benchmark is a subclass of `Benchmark` in this file, named in BENCHMARKS: eval.py gives it its
+--no-<name> and --<name>-limit flags, the shared length filter (`filter_prompts`), the answers, the columns of
+results.md with their intervals and paired differences, and --resume. Its `score` returns one value (or record, see
+rlsr.metrics.Statistic) per prompt for each metric.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from rlsr import arena_hard
+from rlsr.assets import default_policy_path
+from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
+from rlsr.ifeval import METRICS as IFEVAL_METRICS
+from rlsr.ifeval import score_ifeval, write_input_response_data
+from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
+from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
+from rlsr.metrics import distinct_n
+from rlsr.model import Transformer
+from rlsr.reward import REWARDS, Build, Component, RewardConfig
+from rlsr.sampling import SamplingParams, complete
+from rlsr.tokenizer import Tokenizer
+from rlsr.training import splits
+
+
+class EvalError(Exception):
+    """A problem with the user's flags, checkpoints or data: printed as one line, exit status 2."""
+
+
+@dataclass
+class Prompts:
+    """One benchmark's prompts: items (Examples / question dicts / IFEval records), their ids and messages."""
+    name: str
+    items: list
+    ids: list[str]
+    messages: list[list[dict]]
+    total: int = 0                          # prompts before the length filter (after --limit)
+    left_out: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Judges:
+    pairwise: object      # AlpacaEval-2-style single-letter judge (rlsr/judge.py)
+    arena_hard: object    # the same model answering Arena-Hard's conversations, with long replies
+    name: str             # directory name of its arena-hard-auto judgments
+    chunk: int            # prompts per call (a progress step); enough to keep every HTTP worker busy
+
+
+@dataclass
+class Context:
+    """What scoring needs besides the answers, the same for every checkpoint."""
+    out: Path                                # --out-dir
+    columns: dict[str, Component]            # the reward columns (`reward_columns`)
+    judges: Judges | None
+
+
+@dataclass
+class Scores:
+    """One checkpoint's results on one benchmark."""
+    per_item: dict[str, object] = field(default_factory=dict)   # metric -> per-prompt values or records
+    extra: dict[str, dict] = field(default_factory=dict)        # results.json fields beside the metrics
+    notes: list[str] = field(default_factory=list)              # said, and kept in results.md
+    seconds: dict[str, float] = field(default_factory=dict)     # time of each judging phase
+
+
+class WithProgress:
+    """A judge called in chunks, so that a progress bar (with ETA) advances as replies come back."""
+
+    def __init__(self, judge, desc: str, chunk: int):
+        self.judge, self.desc, self.chunk = judge, desc, chunk
+
+    def __call__(self, prompts: list) -> list[str]:
+        out = []
+        with tqdm(total=len(prompts), desc=self.desc, unit="prompt", leave=False) as bar:
+            for s in range(0, len(prompts), self.chunk):
+                out += self.judge(prompts[s:s + self.chunk])
+                bar.update(min(self.chunk, len(prompts) - s))
+        return out
+
+
+def take(items: list, ids: list[str], n: int | None, spread: bool) -> list:
+    """The first n items, or with `spread` the n whose ids have the smallest sha256 (in their file order)."""
+    if not n or n >= len(items):
+        return items
+    if not spread:
+        return items[:n]
+    chosen = set(sorted(range(len(items)), key=lambda i: hashlib.sha256(ids[i].encode()).hexdigest())[:n])
+    return [x for i, x in enumerate(items) if i in chosen]
+
+
+class Benchmark:
+    name: str
+    help: str               # for --no-<name>
+    own_limit = True        # a --<name>-limit flag (0 = as --limit)
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.limit = (getattr(args, f"{self.name}_limit", 0) if self.own_limit else 0) or args.limit or None
+        self.prompts: Prompts | None = None
+
+    def load(self, checkpoints: list) -> Prompts:
+        """The prompts (at most the limit); checkpoints: eval.py's, for a benchmark whose choice depends on them."""
+        raise NotImplementedError
+
+    def check(self):
+        """After the length filter, before any answer: read what scoring needs, so that a problem shows now."""
+
+    def notes(self, checkpoints: list) -> dict[str, str]:
+        """Per checkpoint name, a note on these prompts (said at the start and kept in results.md)."""
+        return {}
+
+    def answer(self, model, tokenizer, prompt_ids: list[list[int]], desc: str) -> tuple[list[str], list[int]]:
+        """Every checkpoint's answers: greedy, at most --max-new-tokens (texts, token counts with the stop)."""
+        params = SamplingParams(self.args.max_new_tokens, temperature=0.0)
+        with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
+            return complete(model, tokenizer, prompt_ids, params, self.args.batch_size, progress=bar)
+
+    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
+        """The metrics of one checkpoint's answers (named `name`), its files written under ctx.out."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- AlpacaEval
+
+
+def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callable[[str], object]
+                   ) -> dict[str, Component]:
+    """Every reward of rlsr/reward.py as a column: <reward>_<key> for each encoder (name or path by column key) when
+    it compares through one, else <reward>; rewards that are not computed by default only when asked."""
+    wanted = [(name, kind) for name, kind in REWARDS.items() if kind.in_eval or name in asked]
+    specs = [(f"{name}_{key}", RewardConfig(spec=name, encoder=e)) for key, e in encoders.items()
+             for name, kind in wanted if kind.encoder]
+    specs += [(name, RewardConfig(spec=name)) for name, kind in wanted if not kind.encoder]
+    return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of)) for column, cfg in specs}
+
+
+def encoder_key(name: str) -> str:
+    """Column suffix of an encoder: minilm, mpnet, or the directory name of a path (cosine_<key>, bertscore_<key>)."""
+    base = name if name in ("minilm", "mpnet") else run_name(Path(name))
+    return re.sub(r"[^0-9a-z]+", "_", base.lower()).strip("_") or "encoder"
+
+
+def trained_on(ckpt) -> tuple[str, str] | None:
+    """(data, split) the checkpoint's run trained on, from the settings.json saved with its weights; None if unknown."""
+    p = ckpt.path / "settings.json"
+    if ckpt.spec == "base" or not p.exists():
+        return None
+    try:
+        s = json.loads(p.read_text())
+        flags = argparse.Namespace(**{k: s.get(k) for k in ("train_split", "eval_data", "eval_split")}, data=s["data"])
+        return s["data"], splits(flags)[0]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def resolve_split(args, checkpoints: list):
+    """--split when given; else AlpacaEval's test split if a checkpoint trained on alpaca_eval, else all of it."""
+    if args.split is not None:
+        return
+    trained = sorted(c.name for c in checkpoints if (trained_on(c) or ("",))[0] == args.data == "alpaca_eval")
+    args.split = "test" if trained else "all"
+    if trained:
+        print(f"note: {', '.join(trained)} trained on alpaca_eval: evaluating on its test split, the prompts they "
+              "did not train on (--split all for all 805)")
+
+
+class AlpacaEval(Benchmark):
+    name, help, own_limit = "alpaca_eval", "skip AlpacaEval (--data)", False
+
+    def load(self, checkpoints: list) -> Prompts:
+        args = self.args
+        resolve_split(args, checkpoints)
+        try:
+            held = load_dataset(args.data, args.split)
+        except (DataError, ValueError, FileNotFoundError) as e:
+            raise EvalError(f"--data {args.data} --split {args.split}: {e}") from None
+        held = take(held, [ex.id for ex in held], self.limit, args.spread)
+        return Prompts(self.name, held, [ex.id for ex in held], [ex.prompt_messages() for ex in held])
+
+    def notes(self, checkpoints: list) -> dict[str, str]:
+        """A note for each checkpoint that trained on some of the evaluated prompts (they are not held out)."""
+        notes, seen = {}, {}
+        for c in checkpoints:
+            t = trained_on(c)
+            if t is None:
+                continue
+            if t not in seen:
+                try:
+                    seen[t] = {prompt_key(ex) for ex in load_dataset(*t)}
+                except (DataError, ValueError, FileNotFoundError) as e:
+                    seen[t] = (f"its training data (--data {t[0]}, split {t[1]}) does not load here ({e}), so it is "
+                               "unknown ")
+            if isinstance(seen[t], str):
+                notes[c.name] = seen[t] + "whether it trained on any evaluated prompt"
+                continue
+            n = sum(prompt_key(ex) in seen[t] for ex in self.prompts.items)
+            if n:
+                notes[c.name] = (f"WARNING: {n} of {len(self.prompts.items)} {self.name} prompts are prompts it "
+                                 f"trained on (--data {t[0]}, split {t[1]}): they are not held out")
+        return notes
+
+    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
+        held = self.prompts.items
+        refs = [ex.reference for ex in held]
+        prompts = [ex.prompt_messages() for ex in held]
+        s = Scores({column: component(prompts, answers, refs)[0].tolist() for column, component in ctx.columns.items()})
+        s.per_item.update({"length": lengths, "distinct_2": [distinct_n([a], 2) for a in answers]})
+        instructions = [ex.prompt_messages()[-1]["content"] for ex in held]
+        outputs = [{"instruction": q, "output": a, "generator": name, "dataset": ex.source}
+                   for q, ex, a in zip(instructions, held, answers)]
+        (ctx.out / "model_outputs" / f"{name}.json").write_text(json.dumps(outputs, indent=1, ensure_ascii=False))
+        if ctx.judges is None:
+            return s
+        t = time.perf_counter()
+        j = pairwise_win_rate(WithProgress(ctx.judges.pairwise, f"{name} judge alpaca_eval", ctx.judges.chunk),
+                              instructions, answers, refs)
+        s.seconds["alpaca_eval_judge"] = time.perf_counter() - t
+        s.per_item["win_rate"] = j["per_item"]
+        s.extra["alpaca_eval_judge"] = {"consistency": j["consistency"], "unparseable": j["unparseable"], "n": j["n"]}
+        s.notes.append(f"AlpacaEval judge: {j['unparseable']} of {2 * j['n']} replies unparseable (scored as ties), "
+                       f"both orders agree on {j['consistency']:.0%} of instructions")
+        lc = {"preference": j["per_item"], "length": [len(a) for a in answers],
+              "baseline_length": [len(r) for r in refs]}
+        if len(answers) < LC_FOLDS:
+            s.notes.append(f"lc_win_rate left out: {len(answers)} AlpacaEval prompts, alpaca_eval's GLM needs "
+                           f">= {LC_FOLDS}")
+        elif math.isnan(lc_win_rate(**lc)):
+            s.notes.append("lc_win_rate left out: every answer has its reference's length, so the GLM has no length "
+                           "feature")
+        else:
+            s.per_item["lc_win_rate"] = lc
+        (ctx.out / "judgments" / "alpaca_eval").mkdir(parents=True, exist_ok=True)
+        arena_hard.write_jsonl(ctx.out / "judgments" / "alpaca_eval" / f"{name}.jsonl", [
+            {"id": ex.id, "preference": p, "verdicts": list(v), "replies": list(r)}
+            for ex, p, v, r in zip(held, j["per_item"], j["verdicts"], j["replies"])])
+        return s
+
+
+# ---------------------------------------------------------------- Arena-Hard v2.0
+
+
+class ArenaHard(Benchmark):
+    name, help = "arena_hard", "skip Arena-Hard v2.0"
+
+    def load(self, checkpoints: list) -> Prompts:
+        qs = load_arena_hard()
+        qs = take(qs, [q["uid"] for q in qs], self.limit, self.args.spread)
+        return Prompts(self.name, qs, [q["uid"] for q in qs], [[{"role": "user", "content": q["prompt"]}] for q in qs])
+
+    def check(self):
+        self.baselines = arena_hard.load_baselines(self.prompts.items)  # each category's baseline answers
+
+    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
+        qs, s = self.prompts.items, Scores()
+        root = ctx.out / "arena_hard" / arena_hard.BENCH
+        arena_hard.write_jsonl(root / "model_answer" / f"{name}.jsonl",
+                               [arena_hard.answer_record(q, name, a) for q, a in zip(qs, answers)])
+        if ctx.judges is None:
+            return s
+        t = time.perf_counter()
+        j = arena_hard.judge_answers(WithProgress(ctx.judges.arena_hard, f"{name} judge arena_hard", ctx.judges.chunk),
+                                     qs, answers, self.baselines)
+        s.seconds["arena_hard_judge"] = time.perf_counter() - t
+        for key, item in j["items"].items():
+            s.per_item["arena_hard_win_rate" + ("" if key == "all" else f"_{key}")] = item
+        s.extra["arena_hard_judge"] = {"dropped": j["dropped"], "unparseable": j["unparseable"], "n": len(qs)}
+        s.notes.append(f"Arena-Hard judge: {j['unparseable']} of {2 * len(qs)} verdicts unparseable, "
+                       f"{j['dropped']} of {len(qs)} questions dropped (as arena-hard-auto drops them)")
+        arena_hard.write_jsonl(root / "model_judgment" / ctx.judges.name / f"{name}.jsonl", [
+            arena_hard.judgment_record(q, name, ctx.judges.name, v, r)
+            for q, v, r in zip(qs, j["verdicts"], j["replies"])])
+        return s
+
+
+# ---------------------------------------------------------------- IFEval
+
+
+class IFEval(Benchmark):
+    name, help = "ifeval", "skip IFEval"
+
+    def load(self, checkpoints: list) -> Prompts:
+        recs = load_ifeval()
+        recs = take(recs, [str(r["key"]) for r in recs], self.limit, self.args.spread)
+        return Prompts(self.name, recs, [str(r["key"]) for r in recs],
+                       [[{"role": "user", "content": r["prompt"]}] for r in recs])
+
+    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
+        recs = self.prompts.items
+        (ctx.out / "ifeval" / name).mkdir(parents=True, exist_ok=True)
+        write_input_response_data(ctx.out / "ifeval" / name / "input_response_data.jsonl", recs, answers)
+        out, per_prompt = {}, score_ifeval(recs, answers)["per_prompt"]
+        for mode in ("strict", "loose"):  # prompt level: a mean; instruction level: pooled over the prompts
+            follows = [p[mode]["follow_list"] for p in per_prompt]
+            out[f"ifeval_prompt_level_{mode}"] = [float(all(f)) for f in follows]
+            out[f"ifeval_inst_level_{mode}"] = {"num": [sum(f) for f in follows], "den": [len(f) for f in follows]}
+        return Scores({f"ifeval_{m}": out[f"ifeval_{m}"] for m in IFEVAL_METRICS})
+
+
+BENCHMARKS: list[type[Benchmark]] = [AlpacaEval, ArenaHard, IFEval]
+
+
+def load_benchmarks(args, checkpoints: list) -> list[Benchmark]:
+    """The benchmarks the flags turn on (--no-<name> turns one off), their prompts loaded."""
+    benches = [b(args) for b in BENCHMARKS if not getattr(args, f"no_{b.name}")]
+    for b in benches:
+        b.prompts = b.load(checkpoints)
+        b.prompts.total = len(b.prompts.items)
+        if not b.prompts.items:
+            raise EvalError(f"{b.name}: no prompts to evaluate")
+    return benches
+
+
+# ---------------------------------------------------------------- the checkpoints, the judges, the shared prompt set
+
+
+def run_name(path: Path) -> str:
+    """A checkpoint directory's name: the run's for RUN/final and RUN/model, else its own."""
+    return path.parent.name if path.name in ("final", "model") else path.name
+
+
+def name_of(path: str) -> str:
+    return "base" if path == "base" else run_name(Path(path))
+
+
+def read_compute(path: Path) -> dict | None:
+    """compute.json of a checkpoint directory ({"flops": float, "tokens": int, ...}), or None if there is none."""
+    file = path / "compute.json"
+    if not file.exists():
+        return None
+    try:
+        compute = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    flops = compute.get("flops") if isinstance(compute, dict) else None
+    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops < 0:
+        raise EvalError(f"{file}: field 'flops' must be a finite number >= 0, got {flops!r}")
+    return compute
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    spec: str            # as given on the command line
+    path: Path
+    tokenizer: Tokenizer
+    compute: dict | None
+    fingerprint: str     # identifies the tokenizer files (prompt ids are computed once per distinct tokenizer)
+
+
+def tokenizer_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
+              "generation_config.json"):
+        h.update(f.encode() + b"\0" + ((path / f).read_bytes() if (path / f).exists() else b"") + b"\0")
+    return h.hexdigest()
+
+
+def check_checkpoint(spec: str, name: str) -> Checkpoint:
+    path = default_policy_path() if spec == "base" else Path(spec).resolve()
+    if not path.is_dir():
+        raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, or `base`)")
+    if not (path / "config.json").exists():
+        raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
+    try:
+        Transformer.check_pretrained(path)  # config and tensor headers, no weights loaded
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalError(f"checkpoint {name}: {e}") from None
+    try:
+        tok = Tokenizer.from_pretrained(path)
+        tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
+        raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
+    return Checkpoint(name, spec, path, tok, None if spec == "base" else read_compute(path),
+                      tokenizer_fingerprint(path))
+
+
+def make_judges(args, device, dtype) -> Judges | None:
+    if args.judge_url:
+        key = args.judge_key_env or None
+        pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers)
+        arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers,
+                          max_tokens=args.arena_hard_judge_max_tokens, system_prompt=None)
+        return Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
+    if args.judge:
+        ckpt = check_checkpoint(args.judge, "--judge")
+        pairwise = LocalJudge.from_pretrained(ckpt.path, dtype=dtype, device=device, system_prompt=SYSTEM_PROMPT)
+        arena = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=args.arena_hard_judge_max_tokens,
+                           system_prompt=None)
+        return Judges(pairwise, arena, name_of(args.judge), 32)
+    return None
+
+
+
+
+def filter_prompts(benches: list[Benchmark], checkpoints: list, max_tokens: int) -> dict:
+    """Keep the prompts that fit max_tokens under every checkpoint's tokenizer (the union of what is too long is
+    left out for all). Returns {tokenizer fingerprint: {benchmark: [token ids of each kept prompt]}}."""
+    ids: dict[str, dict[str, list]] = {}
+    for c in checkpoints:
+        if c.fingerprint in ids:
+            continue
+        ids[c.fingerprint] = {}
+        for b in benches:
+            ids[c.fingerprint][b.name] = []
+            for pid, m in zip(b.prompts.ids, b.prompts.messages):
+                try:
+                    ids[c.fingerprint][b.name].append(c.tokenizer.apply_chat_template(m, add_generation_prompt=True))
+                except Exception as e:  # a chat template may refuse a conversation (e.g. a system turn)
+                    raise EvalError(f"checkpoint {c.name}: its chat template fails on {b.name} prompt {pid}: "
+                                    f"{type(e).__name__}: {e}") from None
+    for b in benches:
+        p = b.prompts
+        fits = [all(len(ids[fp][b.name][i]) <= max_tokens for fp in ids) for i in range(len(p.items))]
+        p.left_out = [i for i, f in zip(p.ids, fits) if not f]
+        p.items, p.ids, p.messages = ([x for x, f in zip(seq, fits) if f] for seq in (p.items, p.ids, p.messages))
+        for fp in ids:
+            ids[fp][b.name] = [x for x, f in zip(ids[fp][b.name], fits) if f]
+        if not p.items:
+            raise EvalError(f"{b.name}: all {p.total} prompts are longer than --max-prompt-tokens {max_tokens} "
+                            f"(chat-formatted) for some checkpoint's tokenizer; raise the limit or skip it with "
+                            f"--no-{b.name.replace('_', '-')}")
+    return ids
