@@ -23,7 +23,7 @@ E (rlsr/reward.py).
    less than about 0.02 is treated as nearly tied, not as a strong signal.
    Near-tie groups (max - min < tie_tolerance, default 1e-3; `near_ties`) are counted (`frac_near_tie_groups`) and
    can be dropped from the step (their rows get zero weight and leave the loss normaliser) or, with DAPO's dynamic
-   sampling, replaced by groups of newly drawn prompts (train_rlsr.py).
+   sampling, replaced by groups of newly drawn prompts (rlsr/rollout.py).
    Departure from the paper: its body is not public; GRPO with group scaling is our choice, the floor is ours.
 
 2. Per-token policy term, PPO's clipped surrogate with asymmetric clip (`policy_loss`):

@@ -22,7 +22,8 @@ class Rows:
     samples: StepSamples      # [n] rewards, lengths, texts; this rank's reward statistics
 
     def select(self, rows: list[int]) -> "Rows":
-        return Rows(self.rollout.select(torch.tensor(rows)), [self.examples[i] for i in rows], self.samples.select(rows))
+        return Rows(self.rollout.select(torch.tensor(rows)), [self.examples[i] for i in rows],
+                    self.samples.select(rows))
 
     @staticmethod
     def cat(parts: list["Rows"], pad_id: int) -> "Rows":
@@ -47,9 +48,9 @@ def score(rollout: Rollout, examples: list, tok, reward) -> Rows:
     lengths = rollout.lengths.tolist()
     refs = [ex.reference for ex in examples]
     scored = reward([ex.prompt_messages() for ex in examples], texts, refs, lengths=lengths)
-    return Rows(rollout, examples, StepSamples(scored.rewards.tolist(), lengths, [f == "stop" for f in rollout.finish_reason],
-                                               texts, refs, {k: v.tolist() for k, v in scored.components.items()},
-                                               [scored.stats]))
+    stopped = [f == "stop" for f in rollout.finish_reason]
+    return Rows(rollout, examples, StepSamples(scored.rewards.tolist(), lengths, stopped, texts, refs,
+                                               {k: v.tolist() for k, v in scored.components.items()}, [scored.stats]))
 
 
 def keep_groups(draws: list[Rows], need: int, group_size: int, tolerance: float, pad_id: int) -> Rows:

@@ -1,4 +1,5 @@
-"""A training run on disk: settings, JSONL logs, verified HF-layout checkpoints, and exact resume.
+"""A training run on disk: settings, JSONL logs, verified HF-layout checkpoints, and the files of exact resume. This
+module writes and reads the files, atomically; what a resume needs is rlsr/training.py's `Trainer.state_dict()`.
 
     RUN_DIR/
       settings.json                 the run's settings (argparse values), written once the run has started
@@ -6,9 +7,10 @@
       samples.jsonl, eval.jsonl     other per-step records (same "step" key)
       checkpoints/step-000040/      HF layout (config.json, model.safetensors, tokenizer files) that
                                     Transformer.from_pretrained / transformers load directly, plus
-                                    trainer_state.pt (optimizer, scheduler, step, RNG states, data position: tensors
-                                    and plain Python values only, loaded with torch.load(weights_only=True), so a
-                                    crafted file cannot run code), compute.json, settings.json, and manifest.json
+                                    trainer_state.pt (Trainer.state_dict(): optimizer, scheduler, step, RNG states,
+                                    data position, compute; tensors and plain Python values only, loaded with
+                                    torch.load(weights_only=True), so a crafted file cannot run code), compute.json,
+                                    settings.json, and manifest.json
                                     (size and sha256 of every file)
       checkpoints/LATEST            name of the newest complete checkpoint
       final/                        the last weights, HF layout (+ compute.json, manifest.json)

@@ -1,9 +1,10 @@
 """What both training scripts share: their common flags, the checks made before anything is written, loading the
-policy and the data, the guarded optimizer step, checkpoints, compute, and the end of a run.
+policy and the data, and the `Trainer`: the guarded optimizer step, held-out evaluations, checkpoints, compute, the
+state a resume needs (`Trainer.state_dict`), and the end of a run.
 
 A training script (train_rlsr.py, train_sft.py) is its own flags, this set-up, and one loop. The order is fixed so
 that a failed start leaves nothing behind: flags are checked (`parse`), then data and models are loaded, and only
-then is the run directory created (`open_run`). Inputs a user got wrong raise UsageError, which `cli` prints as one
+then is the run directory created (`Trainer`, through `open_run`). Inputs a user got wrong raise UsageError, which `cli` prints as one
 `error: ...` line with exit code 2; a run that cannot go on (non-finite numbers, a full disk) raises TrainingError
 (exit code 1), and what it has written so far stays resumable.
 """
