@@ -42,6 +42,17 @@ def test_each_kind_of_pass_by_hand():
     assert forward_flops(cfg(), 1, 0, 1, vocab=120) == PER_TOKEN + 2 * 64 * 120        # only real-vocabulary logits
 
 
+def test_an_rlsr_step_counts_every_draw_and_pass_once():
+    one = Compute(cfg())
+    one.sampling([3], [[2, 1]])
+    forward = 6 * PER_TOKEN + 19 * PER_PAIR + 3 * PER_LOGIT       # the packed group of test_each_kind_of_pass_by_hand
+    c = Compute(cfg())
+    # two draws sampled (dynamic sampling), one group trained, KL model on, two PPO epochs
+    c.rlsr_step([([3], [[2, 1]]), ([3], [[2, 1]])], ([3], [[2, 1]]), kl_model=True, old_logprobs=True, iterations=2)
+    assert c.flops["rollout"] == 2 * one.flops["rollout"] and c.flops["kl_model"] == forward
+    assert c.flops["old_logprobs"] == forward and c.flops["policy"] == 2 * 3 * forward
+
+
 def test_state_round_trip_and_offset():
     c = Compute(cfg(), offset=1e12)
     c.sampling([3], [[2]])
