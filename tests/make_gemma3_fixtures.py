@@ -115,7 +115,7 @@ def make_generate(model, out: Path):
 
 
 def sha256_ids(ids) -> str:
-    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:8]
 
 
 # A long text for the packaged model: 600+ tokens, so positions past the 512-token window are scored.
