@@ -4,8 +4,8 @@
     python eval.py base runs/rlsr/final --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct \\
         --judge-key-env '' --compare rlsr:base
 
-`base` stands for the packaged SmolLM2-135M-Instruct. Every checkpoint answers the same prompts greedily
-(rlsr/sampling.py), so differences between rows are paired by prompt.
+`base` is the packaged SmolLM2-135M-Instruct (gemma3-270m: the packaged Gemma 3 base model; --chat-template FILE
+for a base model's format). Every checkpoint answers the same prompts greedily, so rows are paired by prompt.
 
 Benchmarks (all on by default; --no-alpaca-eval, --no-arena-hard, --no-ifeval turn one off; --limit N keeps the
 first N prompts of each), each a unit of rlsr/benchmarks.py (load -> answer -> score); this script checks every
@@ -84,8 +84,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlsr.assets import encoder_path
-from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalError, check_checkpoint, encoder_key,
+from rlsr.assets import POLICIES, encoder_path
+from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalError, check_checkpoints, encoder_key,
                              filter_prompts, load_benchmarks, make_judges, name_of, reward_columns)
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError
@@ -110,7 +110,7 @@ def flag(key: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-    ap.add_argument("checkpoints", nargs="+", help="HF-layout directories, or `base` for the packaged policy")
+    ap.add_argument("checkpoints", nargs="+", help=f"HF-layout directories, `base`, or a policy: {', '.join(POLICIES)}")
     ap.add_argument("--names", nargs="+", help="row names (default: derived from the paths)")
     g = ap.add_argument_group("benchmarks")
     g.add_argument("--data", default="alpaca_eval", help="AlpacaEval-style prompts with references (rlsr/data.py)")
@@ -135,6 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = ap.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--chat-template", metavar="FILE", help="jinja chat template for every checkpoint instead of its "
+                   "own (e.g. a base model under a chosen format); the judge keeps its own")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = ap.add_argument_group("judge (optional; without one there are no win-rate columns)")
@@ -271,7 +273,7 @@ def prepare(args) -> Plan:
     names = check_flags(args)
     out = Path(args.out_dir)
     prepare_out_dir(args, out)
-    checkpoints = [check_checkpoint(spec, name) for name, spec in zip(names, args.checkpoints)]
+    checkpoints = check_checkpoints(args.checkpoints, names, args.chat_template)
     benches = load_benchmarks(args, checkpoints)
     overlap = {k: v for b in benches for k, v in b.notes(checkpoints).items()}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)

@@ -31,7 +31,6 @@ from rlsr.packing import group_batches
 from rlsr.reward import RewardConfig, add_reward_args, build_reward
 from rlsr.rollout import Rows, keep_groups, score
 from rlsr.sampling import SamplingParams, complete, draw_uniforms, generate
-from rlsr.tokenizer import Tokenizer
 from rlsr.training import check_range
 
 
@@ -109,7 +108,7 @@ def main(argv=None):
 
     # ---- data: chat-formatted prompt ids; over-long prompts are left out, and said so
     init = training.init_path(args)
-    tok = Tokenizer.from_pretrained(init)
+    tok = training.load_tokenizer(args, init, say)
     train, held_out = training.load_splits(args, say)
     train, train_ids = training.filter_prompts(tok, train, args.max_prompt_tokens, "train", args.data, say)
     held_out, held_ids = (training.filter_prompts(tok, held_out[:args.eval_prompts or None], args.max_prompt_tokens,

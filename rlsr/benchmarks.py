@@ -27,7 +27,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from rlsr import arena_hard
-from rlsr.assets import default_policy_path
+from rlsr.assets import POLICIES, default_policy_path
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
@@ -37,7 +37,7 @@ from rlsr.metrics import distinct_n
 from rlsr.model import Transformer
 from rlsr.reward import REWARDS, Build, Component, RewardConfig
 from rlsr.sampling import SamplingParams, complete
-from rlsr.tokenizer import Tokenizer
+from rlsr.tokenizer import Tokenizer, read_chat_template
 from rlsr.training import splits
 
 
@@ -373,10 +373,14 @@ def tokenizer_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_checkpoint(spec: str, name: str) -> Checkpoint:
-    path = default_policy_path() if spec == "base" else Path(spec).resolve()
+def check_checkpoint(spec: str, name: str, chat_template: str | None = None) -> Checkpoint:
+    """A checkpoint given on the command line (a directory, `base`, or a packaged policy's name), checked without
+    loading its weights; `chat_template` (jinja source) replaces its own template."""
+    packaged = spec == "base" or spec in POLICIES
+    path = default_policy_path() if spec == "base" else POLICIES[spec]() if packaged else Path(spec).resolve()
     if not path.is_dir():
-        raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, or `base`)")
+        raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, `base`, or a packaged "
+                        f"policy: {', '.join(POLICIES)})")
     if not (path / "config.json").exists():
         raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
     try:
@@ -384,12 +388,23 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
     except (ValueError, FileNotFoundError) as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
     try:
-        tok = Tokenizer.from_pretrained(path)
+        tok = Tokenizer.from_pretrained(path, chat_template=chat_template)
         tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
     except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
         raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
-    return Checkpoint(name, spec, path, tok, None if spec == "base" else read_compute(path),
-                      tokenizer_fingerprint(path))
+    fingerprint = tokenizer_fingerprint(path)
+    if chat_template is not None:  # the same files under another template give other prompt ids
+        fingerprint = hashlib.sha256((fingerprint + chat_template).encode()).hexdigest()
+    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint)
+
+
+def check_checkpoints(specs: list[str], names: list[str], chat_template: str | None) -> list[Checkpoint]:
+    """eval.py's checkpoints, each under --chat-template FILE when given (read and checked once)."""
+    try:
+        template = read_chat_template(chat_template) if chat_template else None
+    except ValueError as e:
+        raise EvalError(f"--chat-template {e}") from None
+    return [check_checkpoint(spec, name, template) for name, spec in zip(names, specs)]
 
 
 def make_judges(args, device, dtype) -> Judges | None:

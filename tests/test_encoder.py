@@ -401,14 +401,14 @@ def fake_parts(tmp_path, monkeypatch):
 
 def test_mpnet_assembly_is_checked_cached_and_rebuilt(fake_parts, tmp_path, capsys):
     path = assets.default_mpnet_path()
-    assert "assembling all-mpnet-base-v2" in capsys.readouterr().out
+    assert "assembling all-mpnet-base-v2" in capsys.readouterr().err
     assert path == tmp_path / "cache" / "all-mpnet-base-v2"
     assert not (path / "desktop.ini").exists() and not (path / "all-mpnet-base-v2.zip").exists()
     texts = ["Hello world", "a <pad> b"]
     assert torch.equal(Encoder.from_pretrained(path).encode(texts), Encoder.from_pretrained(TINY_MPNET).encode(texts))
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert assets.default_mpnet_path() == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert "assembling" not in capsys.readouterr().out  # once
+    assert "assembling" not in capsys.readouterr().err  # once
     (path / "tokenizer.json").unlink()  # an incomplete cache entry is rebuilt, not trusted
     assert (assets.default_mpnet_path() / "tokenizer.json").exists()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary directories left

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data, run_script, script_error
 from rlsr import arena_hard, report
-from rlsr.benchmarks import resolve_split, take
+from rlsr.benchmarks import check_checkpoint, resolve_split, take
 from rlsr.data import load_arena_hard, load_dataset, load_ifeval
 from rlsr.lc_win_rate import lc_win_rate
 from rlsr.metrics import paired_bootstrap_ci
@@ -406,3 +406,17 @@ def test_default_split_is_test_when_a_checkpoint_trained_on_alpaca_eval(tmp_path
     args = SimpleNamespace(data="alpaca_eval", split="all")
     resolve_split(args, [base, ckpt])
     assert args.split == "all"                                   # given: kept (and the overlap is then reported)
+
+
+def test_chat_template_flag_applies_to_every_checkpoint_and_a_broken_one_is_refused(tiny, tmp_path):
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    own = check_checkpoint(str(tiny["a"]), "a")
+    other = check_checkpoint(str(tiny["a"]), "a", template)
+    conv = [{"role": "user", "content": "Hello there"}]
+    assert other.tokenizer.render(conv) == "<|im_start|>Hello there<|im_end|>" != own.tokenizer.render(conv)
+    assert other.fingerprint != own.fingerprint  # prompt ids are computed per template, not per directory alone
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}\n{{ m['content'] }\n")
+    out = tmp_path / "eval"
+    err = run_error(base_args(tiny, out, str(tiny["a"]), "--chat-template", str(broken)))
+    assert err.startswith("error: --chat-template ") and "broken.jinja: line 2" in err and not out.exists()
