@@ -7,7 +7,8 @@ encoded with the tokenizer's special tokens (its post-processor, e.g. Gemma's <b
 with its bos token (a chat-templated context). A pair longer than the model's max_position_embeddings + 1 tokens
 loses context tokens on the left, as HFLM truncates.
 
-Log-likelihood of a continuation = the sum of its tokens' fp32 log-softmax; `greedy` = every token is the argmax.
+Log-likelihood of a continuation = the sum of its tokens' log-softmax, in fp32 (fp64 for an fp64 model), as HFLM
+sums it; `greedy` = every token is the argmax.
 The context is computed once per document and shared by its choices: one packed row [context | choice 1 | ... |
 choice k] where each choice sees the context and itself (rlsr/packing.py pack_prefixed), and only the positions
 that predict a choice token reach the vocabulary projection. Winogrande's contexts differ per option, so each is
@@ -23,7 +24,6 @@ from __future__ import annotations
 import torch
 
 from rlsr.cpu_matmul import few_row_matmul
-from rlsr.logprobs import scaled_log_softmax
 from rlsr.packing import left_pad, pack_prefixed, padding_mask, positions_from_mask
 from rlsr.sampling import KVCache, _decode_step
 
@@ -80,7 +80,7 @@ def loglikelihoods(model, tok, docs: list[list[tuple[str, str]]], batch_size: in
         s += len(batch)
         packed = pack_prefixed([(groups[g][1], [c for _, c in groups[g][2]]) for g in batch]).to(model.device)
         logits = model(packed.ids, packed.positions, packed.mask, logits_at=packed.logits_at)  # [N, V]
-        logp = scaled_log_softmax(logits)                                                     # [N, V] fp32
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)  # [N, V] >= fp32
         token_logp = logp.gather(-1, packed.targets[:, None]).squeeze(-1).cpu()               # [N]
         greedy = (logp.argmax(-1) == packed.targets).cpu()                                    # [N]
         n = 0
