@@ -1,4 +1,4 @@
-"""Evaluate checkpoints side by side on the same prompts: AlpacaEval, Arena-Hard v2.0, IFEval, and a judge.
+"""Evaluate checkpoints side by side on the same prompts: AlpacaEval, Arena-Hard v2.0, IFEval, lm-eval-harness, a judge.
 
     python eval.py base runs/sft/final runs/rlsr/final --names base sft rlsr --limit 100
     python eval.py base runs/rlsr/final --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct \\
@@ -7,14 +7,16 @@
 `base` is the packaged SmolLM2-135M-Instruct (gemma3-270m: the packaged Gemma 3 base model; --chat-template FILE
 for a base model's format). Every checkpoint answers the same prompts greedily, so rows are paired by prompt.
 
-Benchmarks (all on by default; --no-alpaca-eval, --no-arena-hard, --no-ifeval turn one off; --limit N keeps the
-first N prompts of each), each a unit of rlsr/benchmarks.py (load -> answer -> score); this script checks every
-input, then loops over checkpoints and benchmarks:
+Benchmarks (all on by default, --no-<name> turns one off; --limit N keeps the first N prompts of each, --<name>-limit
+of one), each a unit of rlsr/benchmarks.py (load -> answer -> score); this script checks every input, then loops
+over checkpoints and benchmarks:
     alpaca_eval   --data alpaca_eval --split all: AlpacaEval's 805 instructions with GPT-4 Turbo's reference answers
                   (gpt4_1106_preview, AlpacaEval 2's baseline); --split test / train: the packaged split
                   (rlsr/data.py); or a .jsonl / .json file of prompts with references
     arena_hard    Arena-Hard v2.0's 750 questions (rlsr/arena_hard.py); judged against each category's baseline
     ifeval        IFEval's 541 prompts, scored by Google's checkers (rlsr/ifeval.py)
+    lm_eval       the paper's 18 lm-eval-harness tasks (--lm-eval-tasks), zero-shot, plain text unless
+                  --lm-eval-chat-template, scored as lm-eval-harness 0.4.13's `--model hf` (rlsr/lm_tasks.py)
 
 Columns of results.md (mean over prompts, [95% bootstrap interval over prompts]; a column exists only when its
 metric was computed, e.g. no win rates without a judge):
@@ -37,6 +39,8 @@ metric was computed, e.g. no win rates without a judge):
                         all judged questions, and per category (hard_prompt vs o3-mini, creative_writing vs
                         gemini-2.0-flash); only with a judge
     ifeval_*            IFEval prompt- and instruction-level accuracy, strict and loose (rlsr/ifeval.py)
+    lm_<task>           per document acc, acc_norm or exact_match as lm-eval-harness computes them (rlsr/lm_tasks.py)
+    lm_average          their macro-average over the tasks (the interval resamples each task's documents on their own)
 Below the table: paired differences A - B (`--compare A:B`, repeatable; default every row against the first), the
 metric difference on the same prompts with a paired bootstrap 95% interval (each resample draws prompts once and
 recomputes both rows' metric on them; 2000 resamples, seed 0, rlsr.metrics.bootstrap's draws; an Arena-Hard
@@ -66,6 +70,7 @@ change). Written to --out-dir:
     arena_hard/arena-hard-v2.0/model_judgment/<judge>/<name>.jsonl  its judgment format (with a judge): copy
                                     arena_hard/arena-hard-v2.0 into arena-hard-auto's data/ to run show_result.py
     ifeval/<name>/input_response_data.jsonl       the official IFEval format (prompt, response)
+    lm_eval/<name>.jsonl            per lm-eval document: task, id, value, log-likelihoods, acc, acc_norm or answer
     results.json                    per result: name, checkpoint, metrics {metric: {mean, ci}}, per_item, seconds,
                                     compute, ...; plus "paired" differences, "prompts" (filter counts), "settings"
     results.md                      the table (rows = methods, columns = metrics), as printed
@@ -84,12 +89,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlsr.assets import POLICIES, encoder_path
-from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalError, check_checkpoints, encoder_key,
-                             filter_prompts, load_benchmarks, make_judges, name_of, reward_columns)
+from rlsr.assets import POLICIES
+from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalError, check_checkpoints, eval_columns,
+                             filter_prompts, load_benchmarks, make_judges, name_of)
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError
-from rlsr.encoder import Encoder
 from rlsr.judge import JudgeError
 from rlsr.metrics import Statistic, interval, paired_differences
 from rlsr.model import Transformer
@@ -99,8 +103,8 @@ from rlsr.report import report
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
                "judge_key_env", "encoder")
-WRITTEN = ("per_checkpoint", "model_outputs", "judgments", "arena_hard", "ifeval", "results.json", "results.md",
-           "results.png")
+WRITTEN = ("per_checkpoint", "model_outputs", "results.json", "results.md", "results.png",
+           *(w for b in BENCHMARKS for w in b.written))
 
 
 def flag(key: str) -> str:
@@ -119,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (0 = all)")
     for b in BENCHMARKS:
         if b.own_limit:
-            g.add_argument(flag(f"{b.name}_limit"), type=int, default=0, help=f"first N {b.name} prompts (0 = as --limit)")
+            g.add_argument(flag(f"{b.name}_limit"), type=int, default=0, help=b.limit_help % b.name)
     g.add_argument("--spread", action="store_true", help="with a limit: N prompts spread over the whole benchmark "
                    "(the N smallest sha256 of their ids, kept in file order) instead of the first N, so every "
                    "subset of AlpacaEval (ordered by subset in its file) is represented")
@@ -127,6 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="leave out prompts longer than this (chat-formatted, under any checkpoint's tokenizer)")
     for b in BENCHMARKS:
         g.add_argument(flag(f"no_{b.name}"), action="store_true", help=b.help)
+        b.add_args(g)
     g.add_argument("--encoders", nargs="+", default=["minilm", "mpnet"],
                    help="sentence encoders for the cosine columns: minilm, mpnet (packaged) or directories")
     g.add_argument("--encoder", help=argparse.SUPPRESS)  # deprecated: one encoder, same as --encoders X
@@ -277,23 +282,8 @@ def prepare(args) -> Plan:
     benches = load_benchmarks(args, checkpoints)
     overlap = {k: v for b in benches for k, v in b.notes(checkpoints).items()}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)
-    keys = {encoder_key(e): e for e in args.encoders}
-    if len(keys) != len(args.encoders):
-        dup = next(k for k in keys if [encoder_key(e) for e in args.encoders].count(k) > 1)
-        raise EvalError(f"--encoders {' '.join(args.encoders)}: two encoders would share the column name cosine_{dup}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    columns = {}
-    if any(b.name == "alpaca_eval" for b in benches):
-        encoders = {}
-        for e in args.encoders:
-            try:
-                encoders[e] = Encoder.from_pretrained(encoder_path(e), device=device)
-            except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as err:
-                raise EvalError(f"--encoders {e}: {err}") from None
-        try:
-            columns = reward_columns(keys, {"bertscore"} if args.bertscore else set(), encoders.__getitem__)
-        except ValueError as err:
-            raise EvalError(f"--encoders {' '.join(args.encoders)}: {err}") from None
+    columns = eval_columns(args, device) if any(b.name == "alpaca_eval" for b in benches) else {}
     judges = make_judges(args, device, dtype)
     for b in benches:
         b.check()
@@ -311,7 +301,8 @@ def evaluate(ckpt: Checkpoint, plan: Plan) -> dict:
     answers, seconds = {}, {}
     for b in plan.benches:
         t = time.perf_counter()
-        answers[b.name] = b.answer(model, ckpt.tokenizer, plan.ids[ckpt.fingerprint][b.name], f"{ckpt.name} {b.name}")
+        ids = plan.ids[ckpt.fingerprint].get(b.name)  # None: not chat prompts
+        answers[b.name] = b.answer(model, ckpt.tokenizer, ids, f"{ckpt.name} {b.name}")
         seconds[b.name] = time.perf_counter() - t
     del model
     if torch.device(args.device).type == "cuda":
@@ -389,10 +380,8 @@ def main(argv=None):
                                       "paired": paired})
     chart = plot_eval(out / "results.json", out / "results.png")  # None (said so) without matplotlib
     print(md)
-    names = {b.name for b in plan.benches}
     written = (["results.md", "results.json"] + ["results.png"] * bool(chart) + ["per_checkpoint/", "model_outputs/"]
-               + [f"{n}/" for n in ("arena_hard", "ifeval") if n in names]
-               + ["judgments/"] * bool(plan.context.judges and "alpaca_eval" in names))
+               + [f"{w}/" for b in plan.benches for w in b.written if (out / w).exists()])
     print(f"outputs in {out}: {', '.join(written)}")
 
 

@@ -6,11 +6,15 @@ prompts) -> score the answers and write them in the benchmark's own format for i
                   against the reference and the length-controlled win rate (rlsr/judge.py, rlsr/lc_win_rate.py)
     arena_hard    Arena-Hard v2.0's questions, judged against each category's baseline (rlsr/arena_hard.py)
     ifeval        IFEval's prompts, scored by Google's checkers (rlsr/ifeval.py)
+    lm_eval       the paper's 18 lm-eval-harness tasks (rlsr/lm_tasks.py, rlsr/lm_score.py): documents, not chat
+                  prompts, scored by log-likelihood or greedy exact match as lm-eval-harness's `--model hf` scores
+                  them; its own `answer` and `score`
 
 A new benchmark is a subclass of `Benchmark` in this file, named in BENCHMARKS: eval.py gives it its
---no-<name> and --<name>-limit flags, the shared length filter (`filter_prompts`), the answers, the columns of
-results.md with their intervals and paired differences, and --resume. Its `score` returns one value (or record, see
-rlsr.metrics.Statistic) per prompt for each metric.
+--no-<name> and --<name>-limit flags (and those its `add_args` declares), the shared length filter
+(`filter_prompts`, for chat prompts), the answers, the columns of results.md with their intervals and paired
+differences, and --resume. Its `score` returns one value (or record, see rlsr.metrics.Statistic) per prompt for each
+metric.
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from rlsr import arena_hard
-from rlsr.assets import POLICIES, default_policy_path
+from rlsr import arena_hard, lm_tasks
+from rlsr.assets import POLICIES, default_policy_path, encoder_path
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
+from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
 from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
@@ -47,7 +52,8 @@ class EvalError(Exception):
 
 @dataclass
 class Prompts:
-    """One benchmark's prompts: items (Examples / question dicts / IFEval records), their ids and messages."""
+    """One benchmark's prompts: items (Examples / question dicts / IFEval records / lm-eval documents), their ids and
+    their chat messages (chat prompts only)."""
     name: str
     items: list
     ids: list[str]
@@ -110,6 +116,13 @@ class Benchmark:
     name: str
     help: str               # for --no-<name>
     own_limit = True        # a --<name>-limit flag (0 = as --limit)
+    limit_help = "first N %s prompts (0 = as --limit)"
+    chat_prompts = True     # prompts are chat messages: chat-formatted, length-filtered, answered greedily
+    written: tuple[str, ...] = ()   # what its `score` writes under --out-dir (--overwrite removes it)
+
+    @classmethod
+    def add_args(cls, g: argparse._ArgumentGroup):
+        """Flags of its own, --<name>-... (eval.py's benchmarks group)."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -127,8 +140,9 @@ class Benchmark:
         """Per checkpoint name, a note on these prompts (said at the start and kept in results.md)."""
         return {}
 
-    def answer(self, model, tokenizer, prompt_ids: list[list[int]], desc: str) -> tuple[list[str], list[int]]:
-        """Every checkpoint's answers: greedy, at most --max-new-tokens (texts, token counts with the stop)."""
+    def answer(self, model, tokenizer, prompt_ids: list[list[int]] | None, desc: str) -> tuple:
+        """One checkpoint's answers, as the arguments `score` takes after (ctx, name); by default greedy, at most
+        --max-new-tokens: (texts, token counts with the stop). prompt_ids: the chat prompts' ids (None otherwise)."""
         params = SamplingParams(self.args.max_new_tokens, temperature=0.0)
         with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
             return complete(model, tokenizer, prompt_ids, params, self.args.batch_size, progress=bar)
@@ -150,6 +164,24 @@ def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callab
              for name, kind in wanted if kind.encoder]
     specs += [(name, RewardConfig(spec=name)) for name, kind in wanted if not kind.encoder]
     return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of)) for column, cfg in specs}
+
+
+def eval_columns(args, device) -> dict[str, Component]:
+    """The reward columns of --encoders (each loaded, on `device`) and --bertscore (`reward_columns`)."""
+    keys = {encoder_key(e): e for e in args.encoders}
+    if len(keys) != len(args.encoders):
+        dup = next(k for k in keys if [encoder_key(e) for e in args.encoders].count(k) > 1)
+        raise EvalError(f"--encoders {' '.join(args.encoders)}: two encoders would share the column name cosine_{dup}")
+    encoders = {}
+    for e in args.encoders:
+        try:
+            encoders[e] = Encoder.from_pretrained(encoder_path(e), device=device)
+        except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as err:
+            raise EvalError(f"--encoders {e}: {err}") from None
+    try:
+        return reward_columns(keys, {"bertscore"} if args.bertscore else set(), encoders.__getitem__)
+    except ValueError as err:
+        raise EvalError(f"--encoders {' '.join(args.encoders)}: {err}") from None
 
 
 def encoder_key(name: str) -> str:
@@ -183,7 +215,7 @@ def resolve_split(args, checkpoints: list):
 
 
 class AlpacaEval(Benchmark):
-    name, help, own_limit = "alpaca_eval", "skip AlpacaEval (--data)", False
+    name, help, own_limit, written = "alpaca_eval", "skip AlpacaEval (--data)", False, ("judgments",)
 
     def load(self, checkpoints: list) -> Prompts:
         args = self.args
@@ -258,7 +290,7 @@ class AlpacaEval(Benchmark):
 
 
 class ArenaHard(Benchmark):
-    name, help = "arena_hard", "skip Arena-Hard v2.0"
+    name, help, written = "arena_hard", "skip Arena-Hard v2.0", ("arena_hard",)
 
     def load(self, checkpoints: list) -> Prompts:
         qs = load_arena_hard()
@@ -294,7 +326,7 @@ class ArenaHard(Benchmark):
 
 
 class IFEval(Benchmark):
-    name, help = "ifeval", "skip IFEval"
+    name, help, written = "ifeval", "skip IFEval", ("ifeval",)
 
     def load(self, checkpoints: list) -> Prompts:
         recs = load_ifeval()
@@ -314,7 +346,43 @@ class IFEval(Benchmark):
         return Scores({f"ifeval_{m}": out[f"ifeval_{m}"] for m in IFEVAL_METRICS})
 
 
-BENCHMARKS: list[type[Benchmark]] = [AlpacaEval, ArenaHard, IFEval]
+# ---------------------------------------------------------------- the lm-eval-harness tasks
+
+
+class LMEval(Benchmark):
+    """Documents of the --lm-eval-tasks, --lm-eval-limit (else --limit) per task spread over it by a hash of their
+    ids, whatever --spread; each column is one value per document (rlsr/lm_tasks.py). They are not chat prompts:
+    no length filter (a context too long for the model loses tokens on the left, as the harness's HFLM truncates)."""
+    name, help, chat_prompts, written = "lm_eval", "skip the lm-eval-harness tasks", False, ("lm_eval",)
+    limit_help = "N documents per %s task, spread over it by a hash of their ids (0 = as --limit; both 0 = all)"
+
+    @classmethod
+    def add_args(cls, g):
+        g.add_argument("--lm-eval-tasks", nargs="+", default=list(lm_tasks.TASKS), choices=list(lm_tasks.TASKS),
+                       metavar="TASK", help=f"lm-eval-harness tasks (default all 18: {' '.join(lm_tasks.TASKS)})")
+        g.add_argument("--lm-eval-chat-template", action="store_true", help="apply each checkpoint's chat template "
+                       "to the lm-eval contexts (lm_eval --apply_chat_template); default plain text, the harness's")
+
+    def load(self, checkpoints: list) -> Prompts:
+        try:
+            self.docs = lm_tasks.load(self.args.lm_eval_tasks, self.limit or 0)   # {task: [Doc]}
+        except FileNotFoundError as e:
+            raise EvalError(f"lm-eval tasks: {e}; or leave them out with --no-lm-eval") from None
+        docs = [d for task_docs in self.docs.values() for d in task_docs]
+        return Prompts(self.name, docs, [d.id for d in docs], [])
+
+    def answer(self, model, tokenizer, prompt_ids, desc: str) -> tuple[dict[str, list[dict]]]:
+        with tqdm(total=len(self.prompts.items), desc=desc, unit="doc", leave=False) as bar:
+            return (lm_tasks.score(model, tokenizer, self.docs, self.args.lm_eval_chat_template, self.args.batch_size,
+                                   bar),)
+
+    def score(self, ctx: Context, name: str, results: dict[str, list[dict]]) -> Scores:
+        arena_hard.write_jsonl(ctx.out / "lm_eval" / f"{name}.jsonl",
+                               [{"task": t, **r} for t, records in results.items() for r in records])
+        return Scores(lm_tasks.per_item(results))
+
+
+BENCHMARKS: list[type[Benchmark]] = [AlpacaEval, ArenaHard, IFEval, LMEval]
 
 
 def load_benchmarks(args, checkpoints: list) -> list[Benchmark]:
@@ -427,7 +495,9 @@ def make_judges(args, device, dtype) -> Judges | None:
 
 def filter_prompts(benches: list[Benchmark], checkpoints: list, max_tokens: int) -> dict:
     """Keep the prompts that fit max_tokens under every checkpoint's tokenizer (the union of what is too long is
-    left out for all). Returns {tokenizer fingerprint: {benchmark: [token ids of each kept prompt]}}."""
+    left out for all). Returns {tokenizer fingerprint: {benchmark: [token ids of each kept prompt]}}; benchmarks
+    whose prompts are not chat prompts are left as they are."""
+    benches = [b for b in benches if b.chat_prompts]
     ids: dict[str, dict[str, list]] = {}
     for c in checkpoints:
         if c.fingerprint in ids:

@@ -107,11 +107,21 @@ class Statistic:
         {"num": [...], "den": [...]}         sum(num) / sum(den), a pooled rate (IFEval instruction level, the
                                              Arena-Hard battles of each question); NaN where den sums to 0
         {"preference", "length", "baseline_length"}   lc_win_rate refitted on the resampled instructions
+        {"macro": {group: [...]}}            the mean over groups of each group's mean (the lm-eval tasks'
+                                             average); a stratified bootstrap: every resample redraws each group's
+                                             items within the group (`stratified_draws`), so no group is left out
     """
 
     def __init__(self, item):
         self.n = n_items(item)
-        if isinstance(item, dict) and "num" in item:
+        self.draws = lambda: draws(self.n)
+        if isinstance(item, dict) and "macro" in item:
+            sizes = [len(v) for v in item["macro"].values()]
+            values = np.asarray([x for v in item["macro"].values() for x in v], dtype=np.float64)
+            bounds = np.cumsum([0] + sizes)
+            self.fn = lambda idx: np.mean([values[idx[:, a:b]].mean(1) for a, b in zip(bounds[:-1], bounds[1:])], 0)
+            self.draws = lambda: stratified_draws(sizes)
+        elif isinstance(item, dict) and "num" in item:
             num, den = (np.asarray(item[k], dtype=np.float64) for k in ("num", "den"))
             self.fn = lambda idx: _ratio(num[idx].sum(1), den[idx].sum(1))
         elif isinstance(item, dict):
@@ -127,7 +137,15 @@ class Statistic:
 
     @functools.cached_property
     def replicates(self) -> np.ndarray:
-        return np.asarray(self.fn(draws(self.n)), dtype=np.float64)
+        return np.asarray(self.fn(self.draws()), dtype=np.float64)
+
+
+def stratified_draws(sizes: list[int], n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
+    """Bootstrap resamples of items in groups of these sizes, laid end to end: [n_boot, sum(sizes)] indices, each
+    group's columns drawing from its own items only (group k with seed + k, so a group's draws do not depend on
+    the others' sizes)."""
+    offsets = np.cumsum([0] + sizes[:-1])
+    return np.concatenate([o + draws(n, n_boot, seed + k) for k, (o, n) in enumerate(zip(offsets, sizes))], axis=1)
 
 
 def _ratio(num, den):
@@ -136,6 +154,8 @@ def _ratio(num, den):
 
 
 def n_items(item) -> int:
+    if isinstance(item, dict) and "macro" in item:
+        return sum(len(v) for v in item["macro"].values())
     if isinstance(item, dict):
         return len(item["num"] if "num" in item else item["preference"])
     return len(item)

