@@ -1,12 +1,19 @@
-"""One decoder-only transformer for three Hugging Face checkpoint families, chosen by config.json alone.
+"""One decoder-only transformer for four Hugging Face checkpoint families, chosen by config.json alone.
 
     Qwen2 / Qwen2.5  q/k/v projections carry a bias, o_proj does not; lm_head tied or not
     Qwen3            no bias; per-head RMSNorm on q and k before RoPE; head_dim is its own field
     Llama (SmolLM2)  no bias (or `attention_bias` on all four projections); usually a tied head
+    Gemma 3 (text)   RMSNorm scales by (1 + w) in fp32; embeddings scaled by sqrt(hidden); GeGLU (tanh GELU);
+                     four norms per block (before and after attention and MLP); q/k RMSNorm; attention scale
+                     query_pre_attn_scalar^-0.5; sliding-window ("local") layers with their own RoPE base between
+                     global ones, as `layer_types` says; tied head; optional tanh soft-capping of the logits
+                     (config.json's attn_logit_softcapping is ignored, as transformers' Gemma3ForCausalLM ignores it:
+                     Gemma 3 replaced Gemma 2's score capping by the q/k norms)
 
-All three share: pre-norm blocks, RMSNorm, rotate-half RoPE, grouped-query attention through
-F.scaled_dot_product_attention, a SwiGLU MLP. Parameter names are Hugging Face's own
-(`model.layers.0.self_attn.q_proj.weight`, ...), so checkpoints load and save without a renaming table.
+All share: pre-norm blocks, RMSNorm, rotate-half RoPE, grouped-query attention through
+F.scaled_dot_product_attention, a gated MLP. The differences are switches in ModelConfig, not separate classes.
+Parameter names are Hugging Face's own (`model.layers.0.self_attn.q_proj.weight`, ...), so checkpoints load and
+save without a renaming table.
 
 Conventions
 - Tensors are [B, T, ...] at the block boundary and [B, H, T, D] inside attention (SDPA's layout, and the KV
@@ -15,7 +22,12 @@ Conventions
   (boolean, True = may attend, or additive). rlsr/packing.py builds them for padded and packed rows; without a
   mask attention is plain causal. We never use `is_causal=True` together with a cache offset, because SDPA
   aligns that mask to the top-left corner.
-- `kv_cache` is any object with `update(layer_idx, k, v) -> (k_all, v_all)` (see rlsr/sampling.py).
+- Sliding-window layers see a key only if its position is less than `sliding_window` before the query's
+  (q_pos - k_pos < W, transformers' convention), on top of the caller's mask. The model derives that from positions,
+  not columns, so packed rows (rlsr/packing.py) get the window each sequence would get alone.
+- `kv_cache` is any object with `update(layer_idx, k, v) -> (k_all, v_all)` (see rlsr/sampling.py), and, for a
+  model with sliding-window layers, `key_positions(positions) -> [B, T_k]`: the positions of every cached key
+  after this forward's (the window needs them; a left-padded row's columns are not its positions).
 - Logits cover ids [0, output_vocab): the tokenizer's real vocabulary. Qwen pads the embedding (151,665 tokens in
   151,936 rows); the padded ids are never sampled, trained or scored because no logit exists for them.
 """
@@ -31,13 +43,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama",
+                 "Gemma3ForCausalLM": "gemma3"}
+MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama", "gemma3_text": "gemma3"}
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+FULL, SLIDING = "full_attention", "sliding_attention"
 OPTIONAL_TENSORS = {"lm_head.weight", "model.rotary_emb.inv_freq"}  # a tied checkpoint may store a head copy
 
 
 @dataclass
 class ModelConfig:
-    family: str                      # "qwen2" | "qwen3" | "llama"
+    family: str                      # "qwen2" | "qwen3" | "llama" | "gemma3"
     vocab_size: int                  # rows of the embedding; Qwen pads it past the tokenizer's real vocabulary
     hidden_size: int
     intermediate_size: int           # SwiGLU inner width
@@ -53,7 +69,16 @@ class ModelConfig:
     qkv_bias: bool                   # bias on q/k/v projections (Qwen2: yes)
     o_bias: bool                     # bias on the output projection (Llama `attention_bias` only)
     mlp_bias: bool
-    qk_norm: bool                    # Qwen3's per-head RMSNorm on q and k
+    qk_norm: bool                    # Qwen3's and Gemma 3's per-head RMSNorm on q and k
+    hidden_act: str = "silu"         # the MLP gate's activation (ACTIVATIONS)
+    norm_offset: bool = False        # Gemma: RMSNorm scales by (1 + w), in fp32; stored w is 0 for the identity
+    sandwich_norm: bool = False      # Gemma: norms after attention and MLP too (four per block)
+    embed_scale: float = 1.0         # Gemma: embeddings times sqrt(hidden), rounded to the weights' dtype as in HF
+    attn_scale: float | None = None  # softmax scale; None = head_dim^-0.5 (Gemma: query_pre_attn_scalar^-0.5)
+    layer_types: tuple = ()          # per layer FULL or SLIDING; empty = all full
+    sliding_window: int | None = None  # keys a sliding-window query sees: q_pos - k_pos < sliding_window
+    local_rope_theta: float | None = None  # RoPE base of the sliding-window layers (Gemma 3: 10,000)
+    final_softcap: float | None = None   # logits -> cap * tanh(logits / cap) (Gemma 3 sets none)
     hf: dict = field(default_factory=dict, repr=False)  # the config.json it came from, written back on save
 
     @classmethod
@@ -61,32 +86,54 @@ class ModelConfig:
         archs = hf.get("architectures") or []
         family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
         if family is None:
-            family = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}.get(hf.get("model_type"))
+            family = MODEL_TYPES.get(hf.get("model_type"))
         if family is None:
             raise ValueError(f"{source}: architecture {archs or hf.get('model_type')!r} is not supported; "
                              f"supported: {', '.join(ARCHITECTURES)}")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
-        if hf.get("use_sliding_window"):
+        gemma = family == "gemma3"
+        act = hf.get("hidden_activation" if gemma else "hidden_act", "gelu_pytorch_tanh" if gemma else "silu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"{source}: activation {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+        if hf.get("use_sliding_window") and not gemma:
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
-        # Newer transformers write RoPE settings into `rope_parameters`; older ones use rope_theta + rope_scaling.
+        if hf.get("use_bidirectional_attention"):
+            raise ValueError(f"{source}: use_bidirectional_attention=true is an encoder, not a causal language model")
+        heads = hf["num_attention_heads"]
+        attention_bias = bool(hf.get("attention_bias", False))
+        n_layers = hf["num_hidden_layers"]
+        # Newer transformers write RoPE settings into `rope_parameters` (Gemma 3: one dict per layer type); older ones
+        # use rope_theta + rope_scaling (+ Gemma 3's rope_local_base_freq).
         rope = dict(hf.get("rope_parameters") or {})
+        local_rope = None
+        if gemma:
+            local_rope = dict(rope.get(SLIDING) or {"rope_theta": hf.get("rope_local_base_freq", 10000.0)})
+            rope = dict(rope.get(FULL) or {"rope_theta": hf.get("rope_theta", 1e6), **(hf.get("rope_scaling") or {})})
+            if local_rope.get("rope_type", "default") != "default":
+                raise ValueError(f"{source}: rope type {local_rope['rope_type']!r} on sliding-window layers is not "
+                                 "supported (only default)")
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        scaling = (None if gemma else hf.get("rope_scaling")) or (
+            rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None)
         if scaling is not None:
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind == "default":
                 scaling = None
-            elif kind != "llama3":
-                raise ValueError(f"{source}: rope type {kind!r} is not supported (only default and llama3)")
-        heads = hf["num_attention_heads"]
-        attention_bias = bool(hf.get("attention_bias", False))
+            elif kind not in ("llama3", "linear"):
+                raise ValueError(f"{source}: rope type {kind!r} is not supported (only default, linear and llama3)")
+        layer_types = ()
+        if gemma:  # transformers' default when config.json lists none: every `sliding_window_pattern`-th layer global
+            pattern = hf.get("sliding_window_pattern", 6)
+            layer_types = tuple(hf.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL
+                                                          for i in range(n_layers)])
+            if len(layer_types) != n_layers or not set(layer_types) <= {FULL, SLIDING}:
+                raise ValueError(f"{source}: layer_types must list {FULL!r} or {SLIDING!r} for each of the "
+                                 f"{n_layers} layers")
         return cls(
             family=family,
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
-            num_hidden_layers=hf["num_hidden_layers"],
+            num_hidden_layers=n_layers,
             num_attention_heads=heads,
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
@@ -94,11 +141,21 @@ class ModelConfig:
             rope_theta=float(theta),
             rope_scaling=scaling,
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            # transformers' default differs: Gemma 3's config ties unless told otherwise, the others untie
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
             qkv_bias=True if family == "qwen2" else attention_bias,
-            o_bias=attention_bias if family == "llama" else False,
+            o_bias=attention_bias if family in ("llama", "gemma3") else False,
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            qk_norm=family == "qwen3",
+            qk_norm=family in ("qwen3", "gemma3"),
+            hidden_act=act,
+            norm_offset=gemma,
+            sandwich_norm=gemma,
+            embed_scale=hf["hidden_size"] ** 0.5 if gemma else 1.0,
+            attn_scale=hf.get("query_pre_attn_scalar", 256) ** -0.5 if gemma else None,
+            layer_types=layer_types,
+            sliding_window=hf.get("sliding_window", 4096) if SLIDING in layer_types else None,
+            local_rope_theta=float(local_rope.get("rope_theta", 10000.0)) if gemma else None,
+            final_softcap=hf.get("final_logit_softcapping") if gemma else None,
             hf=dict(hf),
         )
 
@@ -116,14 +173,18 @@ class ModelConfig:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """Normalise in fp32. Llama/Qwen then cast back and scale by w; Gemma (offset=True) scales by (1 + w) in fp32 and
+    casts last. Each is the order its Hugging Face class uses, which matters in bf16."""
+
+    def __init__(self, dim: int, eps: float, offset: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and scale after casting back, the order Hugging Face uses (it matters in bf16).
         y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        if self.offset:
+            return (y * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * y.to(x.dtype)
 
 
@@ -134,12 +195,13 @@ class RotaryEmbedding(nn.Module):
     building the model on the meta device leaves them real.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None):
         super().__init__()
-        d = cfg.head_dim
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device="cpu") / d)
-        s = cfg.rope_scaling
-        if s is not None:  # Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend in between
+        d, s = head_dim, scaling
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device="cpu") / d)
+        if s is not None and s.get("rope_type", s.get("type")) == "linear":  # positions divided by `factor`
+            inv_freq = inv_freq / s["factor"]
+        elif s is not None:  # Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend in between
             old_ctx = s["original_max_position_embeddings"]
             wavelen = 2 * math.pi / inv_freq
             smooth = (old_ctx / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
@@ -174,21 +236,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.norm_offset)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.norm_offset)
+        self.scale = cfg.attn_scale
 
     def forward(self, x, cos, sin, mask, kv_cache):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)     # [B, T, H, D]
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)        # [B, T, Hkv, D]
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
-        if hasattr(self, "q_norm"):                                     # Qwen3: normalise each head before RoPE
+        if hasattr(self, "q_norm"):                                     # Qwen3, Gemma: normalise each head before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H(kv), T, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)               # [B, Hkv, T_past + T, D]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
                                            enable_gqa=self.n_kv != self.n_heads)  # [B, H, T, D]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -199,22 +262,51 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
+    """One layer. Pre-norm (Llama, Qwen): x + attn(norm(x)), then x + mlp(norm(x)); the second norm is HF's
+    `post_attention_layernorm`. Sandwich (Gemma): each sublayer's output is normalised too before the residual add:
+    x + post_attention_layernorm(attn(input_layernorm(x))), x + post_feedforward_layernorm(mlp(
+    pre_feedforward_layernorm(x))). The caller chooses what the block sees (mask, RoPE tables), so an encoder can run
+    the same block bidirectionally."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        d, eps, off = cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset
+        self.sliding = bool(cfg.layer_types) and cfg.layer_types[layer_idx] == SLIDING
+        self.input_layernorm = RMSNorm(d, eps, off)
         self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(d, eps, off)
+        if cfg.sandwich_norm:
+            self.pre_feedforward_layernorm = RMSNorm(d, eps, off)
+            self.post_feedforward_layernorm = RMSNorm(d, eps, off)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask, kv_cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        if not hasattr(self, "post_feedforward_layernorm"):
+            x = x + h
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(h)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+def sliding_window_mask(mask: torch.Tensor | None, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                        window: int) -> torch.Tensor:
+    """The mask of a sliding-window layer: `mask` (None = causal by position; bool or additive [B, 1, T, T_k]) and
+    q_pos - k_pos < window. q_pos [B, T], k_pos [B, T_k]."""
+    dist = q_pos[:, None, :, None] - k_pos[:, None, None, :]                          # [B, 1, T, T_k]
+    near = dist < window
+    if mask is None:
+        return near & (dist >= 0)
+    if mask.dtype == torch.bool:
+        return mask & near
+    return mask.masked_fill(~near, float("-inf"))
 
 
 class Decoder(nn.Module):
@@ -224,8 +316,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(cfg)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        if SLIDING in cfg.layer_types:  # Gemma 3: the local layers' own base, unscaled
+            self.rotary_emb_local = RotaryEmbedding(cfg.head_dim, cfg.local_rope_theta)
 
 
 class Transformer(nn.Module):
@@ -252,12 +346,20 @@ class Transformer(nn.Module):
                 raise ValueError("a kv_cache needs explicit positions")
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)                                        # [B, T, hidden]
-        cos, sin = self.model.rotary_emb(positions, x.dtype)                          # [B, 1, T, head_dim]
+        if self.config.embed_scale != 1.0:  # Gemma: sqrt(hidden) in the weights' dtype (bf16: 25.25 for 640)
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
+        rope = {False: self.model.rotary_emb(positions, x.dtype)}                     # cos, sin [B, 1, T, head_dim]
+        masks = {False: mask}
+        if hasattr(self.model, "rotary_emb_local"):
+            rope[True] = self.model.rotary_emb_local(positions, x.dtype)
+            k_pos = positions if kv_cache is None else kv_cache.key_positions(positions)  # [B, T_k]
+            masks[True] = sliding_window_mask(mask, positions, k_pos, self.config.sliding_window)
         for block in self.model.layers:
+            (cos, sin), m = rope[block.sliding], masks[block.sliding]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, m, kv_cache, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, kv_cache)
+                x = block(x, cos, sin, m, kv_cache)
         return x
 
     def hidden(self, input_ids, positions=None, mask=None, kv_cache=None) -> torch.Tensor:
@@ -274,7 +376,9 @@ class Transformer(nn.Module):
             # completion's first) gets its gradients summed in a fixed order; advanced indexing's backward adds them
             # with CPU atomics, in an order that changes from run to run.
             x = x.flatten(0, 1).index_select(0, logits_at)                            # [N, hidden]
-        return self.lm_head(self.model.norm(x))[..., :self.output_vocab]             # [..., output_vocab]
+        logits = self.lm_head(self.model.norm(x))[..., :self.output_vocab]           # [..., output_vocab], a view
+        cap = self.config.final_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     @property
     def device(self) -> torch.device:

@@ -89,12 +89,17 @@ class KVCache:
 
     static=True (for torch.compile / CUDA graphs): writes go to a position held in a tensor and attention always sees
     all T_max columns (the mask hides unwritten ones), so every decode step has the same shapes.
+
+    It also keeps each column's token position [B, T_max] (`key_positions`), which sliding-window layers need: with
+    left padding a column is not a position. Every key stays cached, also past a local layer's window (the window is
+    a mask); a rolling buffer would save memory on sequences far longer than the window, which RLSR's are not.
     """
 
     def __init__(self, num_layers, batch, num_kv_heads, max_len, head_dim, dtype, device):
         shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.pos = 0
         self.static = False
         self.pos_t = torch.zeros(1, dtype=torch.long, device=device)              # == pos, for static writes
@@ -116,6 +121,15 @@ class KVCache:
         self.v[layer, :, :, self.pos:self.pos + T] = v
         return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
 
+    def key_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Record the positions [B, T] of the tokens this forward writes; the positions of all cached keys [B, T_k]."""
+        T = positions.shape[1]
+        if self.static:
+            self.positions.index_copy_(1, self.pos_t, positions)
+            return self.positions
+        self.positions[:, self.pos:self.pos + T] = positions
+        return self.positions[:, :self.pos + T]
+
     def advance(self, n: int):
         self.pos += n
         self.pos_t.fill_(self.pos)
@@ -124,6 +138,7 @@ class KVCache:
         """Keep (and reorder/repeat) batch rows: rows [B'] of indices into the current batch."""
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+        self.positions = self.positions.index_select(0, rows)
 
 
 def _decode_step(model, cache: KVCache, tok: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor):

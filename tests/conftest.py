@@ -13,7 +13,7 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ["qwen2", "qwen3", "llama"]
+FAMILIES = ["qwen2", "qwen3", "llama", "gemma3"]
 
 
 def has_package(module: str) -> bool:

@@ -152,7 +152,7 @@ def test_llama3_rope_scaling_matches_reference_formula():
                            "original_max_position_embeddings": 8}
     from rlsr.model import RotaryEmbedding
     c = ModelConfig.from_hf(cfg)
-    inv = RotaryEmbedding(c).inv_freq
+    inv = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling).inv_freq
     plain = 1.0 / c.rope_theta ** (torch.arange(0, 16, 2).float() / 16)
     wavelen = 2 * torch.pi / plain
     # long wavelengths (> 8 / 1) are divided by the factor, short ones (< 8 / 4) kept
