@@ -2,6 +2,7 @@
 last-token pooling over a tiny random Qwen3 against the same decoder run by hand, MPNet (a tiny random one and
 all-mpnet-base-v2) and the token states of both bidirectional encoders against sentence-transformers and transformers
 (tests/make_encoder_fixtures.py), and the assembly of the packaged MPNet from its zip parts."""
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -391,10 +392,9 @@ def fake_parts(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     weights = (TINY_MPNET / "model.safetensors").read_bytes()
-    monkeypatch.setattr(assets, "MPNET_ZIP_BYTES", len(data))
-    monkeypatch.setattr(assets, "MPNET_ZIP_SHA256", hashlib.sha256(data).hexdigest())
-    monkeypatch.setattr(assets, "MPNET_SAFETENSORS_BYTES", len(weights))
-    monkeypatch.setattr(assets, "MPNET_SAFETENSORS_SHA256", hashlib.sha256(weights).hexdigest())
+    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(
+        assets.MPNET, zip_bytes=len(data), zip_sha256=hashlib.sha256(data).hexdigest(),
+        sha256={"model.safetensors": hashlib.sha256(weights).hexdigest()}, bytes={"model.safetensors": len(weights)}))
     monkeypatch.setenv("RLSR_CACHE_DIR", str(tmp_path / "cache"))
     return site
 
@@ -416,11 +416,12 @@ def test_mpnet_assembly_is_checked_cached_and_rebuilt(fake_parts, tmp_path, caps
 
 def test_mpnet_assembly_refuses_bad_parts(fake_parts, tmp_path, monkeypatch):
     out = tmp_path / "cache" / "all-mpnet-base-v2"
-    monkeypatch.setattr(assets, "MPNET_ZIP_SHA256", "0" * 64)
-    with pytest.raises(ValueError, match="joined parts have sha256 .* not the pinned 0000"):
+    good = assets.MPNET
+    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(good, zip_sha256="0" * 64))
+    with pytest.raises(ValueError, match="joined all-mpnet-base-v2 parts have sha256 .* not the pinned 0000"):
         assets.default_mpnet_path()
     assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written
-    monkeypatch.setattr(assets, "MPNET_ZIP_BYTES", assets.MPNET_ZIP_BYTES + 1)
+    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(good, zip_bytes=good.zip_bytes + 1))
     with pytest.raises(ValueError, match="parts hold .* bytes, not the pinned"):
         assets.default_mpnet_path()
     (fake_parts / assets.MPNET_PARTS[2][0] / assets.MPNET_PARTS[2][2]).unlink()
