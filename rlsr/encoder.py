@@ -1,7 +1,8 @@
 """The frozen sentence encoder behind the RLSR reward: texts -> unit-norm embeddings whose dot product is the cosine.
 
-It reads a sentence-transformers directory (modules.json: Transformer -> Pooling [-> Normalize]) and reproduces
-`SentenceTransformer.encode` for three kinds of checkpoint, chosen by config.json's `model_type`:
+It reads a sentence-transformers directory (modules.json: Transformer -> Pooling [-> Dense ...] [-> Normalize]) and
+reproduces `SentenceTransformer.encode` for four kinds of checkpoint, chosen by config.json's `model_type` and the
+pooling:
 
     bert, mean pooling        all-MiniLM-L6-v2 (the default): HF `BertModel`; the tokenizer's own post-processor
                               adds [CLS] ... [SEP]; mean over the real tokens
@@ -33,8 +34,9 @@ Conventions
   default `Normalize()` (its config loader returns {} for a missing file), an L2 normalisation of the pooled
   embedding, `F.normalize(x, p=2, dim=-1)`. We do the same.
 - Batches are right-padded; `mask` [B, T] marks real tokens. A bidirectional decoder lets every query see every real
-  key (and itself: a pad query far from the real tokens would otherwise see nothing in a sliding window). Within one `encode` call texts are sorted by length
-  before batching, so similar lengths share a batch, and the output is put back in input order.
+  key (and itself: a pad query far from the real tokens would otherwise see nothing in a sliding window). Within
+  one `encode` call texts are sorted by length before batching, so similar lengths share a batch, and the output
+  is put back in input order.
 - The encoder never trains: parameters have requires_grad=False and `encode` runs under torch.no_grad (not
   inference_mode, whose tensors cannot later meet autograd, e.g. reward * log-prob).
 - `token_states` gives per-token hidden states of the BERT and MPNet encoders for BERTScore, indexed as HF's
@@ -393,8 +395,8 @@ class Encoder(nn.Module):
         self.prompt = prompt                    # prepended to every text
         self.dense = nn.ModuleList(dense).requires_grad_(False)  # after the pooling, in order
         self.dim = dense[-1].out_features if dense else model.config.hidden_size
-        # what fills pad positions: BERT's [PAD], MPNet's <pad> (its position ids skip it); decoders attend causally
-        # and never look at what follows a text, so any id does
+        # what fills pad positions: BERT's [PAD], MPNet's <pad> (its position ids skip it); a decoder never attends to
+        # a pad (causal, or a masked key when bidirectional), so any id does
         self.pad_id = getattr(model, "pad_id", 0)
         self._truncating = {max_seq_length: tokenizer}  # max_length -> tokenizer truncating there (token_states)
 
@@ -414,16 +416,17 @@ class Encoder(nn.Module):
         tk.no_padding()  # we pad each batch ourselves
         model_type = read_json(root / "config.json").get("model_type")
         if model_type in BIDIRECTIONAL:
-            model, end_id = BIDIRECTIONAL[model_type].from_pretrained(root, dtype, device), None
+            model = BIDIRECTIONAL[model_type].from_pretrained(root, dtype, device)
             max_len = min(st.get("max_seq_length") or model.max_tokens, model.max_tokens)
-            tk.enable_truncation(max_len)  # counts the special tokens the post-processor adds, and keeps them
-        elif pooling == "mean":  # EmbeddingGemma: the post-processor adds <bos> ... <eos>, as BERT's adds its tokens
-            model, end_id = load_decoder(root, dtype, device), None
-            max_len = st.get("max_seq_length") or model.config.max_position_embeddings
-            tk.enable_truncation(max_len)
         else:
             model = load_decoder(root, dtype, device)
             max_len = st.get("max_seq_length") or model.config.max_position_embeddings
+        end_id = None
+        if model_type in BIDIRECTIONAL or pooling == "mean":
+            # the post-processor adds the special tokens (BERT's [CLS] ... [SEP], EmbeddingGemma's <bos> ... <eos>);
+            # truncation counts them and keeps them
+            tk.enable_truncation(max_len)
+        else:  # a last-token decoder
             tk.no_truncation()  # we truncate ourselves, to keep the appended end token
             # Qwen3-Embedding's tokenizer appends <|endoftext|> (not its eos, <|im_end|>); fall back to the eos.
             eos = token_str(read_json(root / "tokenizer_config.json").get("eos_token"))

