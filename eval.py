@@ -24,7 +24,9 @@ metric was computed, e.g. no win rates without a judge):
                         GLM (rlsr/judge.py lc_win_rate), as a fraction; only with a judge and >= 5 instructions
     cosine_<encoder>    cosine similarity of the sentence embeddings of answer and reference, one column per
                         --encoders entry (cosine_minilm: all-MiniLM-L6-v2, RLSR's default reward; cosine_mpnet:
-                        all-mpnet-base-v2); each encoder truncates its input (MiniLM 256, MPNet 384 word pieces)
+                        all-mpnet-base-v2; cosine_embeddinggemma: EmbeddingGemma-300M with its sentence-similarity
+                        prompt); each encoder truncates its input (MiniLM 256, MPNet 384 word pieces,
+                        EmbeddingGemma 2048 tokens)
     bertscore_<encoder> BERTScore F1 with that encoder's last layer, as bert-score computes it (only with --bertscore)
     rouge_l             ROUGE-L F1 as rouge-score computes it (rlsr/reward.py; no stemmer), encoder-free
     bleu                sentence BLEU / 100 as sacreBLEU's sentence_bleu computes it (rlsr/reward.py)
@@ -86,7 +88,7 @@ import torch
 from tqdm import tqdm
 
 from rlsr import arena_hard
-from rlsr.assets import default_policy_path, encoder_path
+from rlsr.assets import ENCODERS, default_policy_path, encoder_path
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval
 from rlsr.encoder import Encoder
@@ -136,7 +138,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-arena-hard", action="store_true", help="skip Arena-Hard v2.0")
     g.add_argument("--no-ifeval", action="store_true", help="skip IFEval")
     g.add_argument("--encoders", nargs="+", default=["minilm", "mpnet"],
-                   help="sentence encoders for the cosine columns: minilm, mpnet (packaged) or directories")
+                   help="sentence encoders for the cosine columns: minilm, mpnet, embeddinggemma (packaged) or "
+                   "directories")
     g.add_argument("--encoder", help=argparse.SUPPRESS)  # deprecated: one encoder, same as --encoders X
     g.add_argument("--bertscore", action="store_true", help="add BERTScore F1 columns (bertscore_<encoder>, each "
                    "--encoders entry's last layer, as rlsr/reward.py's reward computes it)")
@@ -315,8 +318,9 @@ def training_overlap(bench: Bench, checkpoints: list[Checkpoint]) -> dict[str, s
 
 
 def encoder_key(name: str) -> str:
-    """Metric name of an encoder: cosine_minilm, cosine_mpnet, or cosine_<directory name> for a path."""
-    base = name if name in ("minilm", "mpnet") else run_name(Path(name))
+    """Metric name of an encoder: cosine_<name> for a packaged one (cosine_minilm, ...), cosine_<directory name> for a
+    path."""
+    base = name if name in ENCODERS else run_name(Path(name))
     return "cosine_" + (re.sub(r"[^0-9a-z]+", "_", base.lower()).strip("_") or "encoder")
 
 
