@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from rlsr import cpu_matmul
-from rlsr.assets import default_policy_path
+from rlsr.assets import POLICIES, policy_path
 from rlsr.flops import forward_flops
 from rlsr.model import Transformer
 from rlsr.sampling import SamplingParams, draw_uniforms, generate
@@ -48,7 +48,7 @@ def report_flops(flops_per_s: float, args):
 
 
 def load_policy(args):
-    path = args.model or default_policy_path()
+    path = policy_path(args.model)
     tok = Tokenizer.from_pretrained(path)
     model = Transformer.from_pretrained(path, dtype=getattr(torch, args.dtype), device=args.device,
                                         output_vocab=tok.vocab_size)
@@ -141,7 +141,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="HF-layout policy directory (default: packaged SmolLM2-135M-Instruct)")
+    common.add_argument("--model", help="HF-layout policy directory or a packaged policy "
+                        f"({', '.join(POLICIES)}; default: the first)")
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     common.add_argument("--profile", action="store_true", help="print the top operators of the first timed run")
     common.add_argument("--compile", action="store_true", help="torch.compile'd static-shape decode step "

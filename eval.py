@@ -88,7 +88,7 @@ import torch
 from tqdm import tqdm
 
 from rlsr import arena_hard
-from rlsr.assets import ENCODERS, default_policy_path, encoder_path
+from rlsr.assets import ENCODERS, POLICIES, default_policy_path, encoder_path
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval
 from rlsr.encoder import Encoder
@@ -253,9 +253,11 @@ def tokenizer_fingerprint(path: Path) -> str:
 
 
 def check_checkpoint(spec: str, name: str) -> Checkpoint:
-    path = default_policy_path() if spec == "base" else Path(spec).resolve()
+    packaged = spec == "base" or spec in POLICIES
+    path = default_policy_path() if spec == "base" else POLICIES[spec]() if packaged else Path(spec).resolve()
     if not path.is_dir():
-        raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, or `base`)")
+        raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, `base`, or a packaged "
+                        f"policy: {', '.join(POLICIES)})")
     if not (path / "config.json").exists():
         raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
     try:
@@ -267,7 +269,7 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
         tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
     except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
         raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
-    return Checkpoint(name, spec, path, tok, None if spec == "base" else read_compute(path),
+    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path),
                       tokenizer_fingerprint(path))
 
 

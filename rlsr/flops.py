@@ -4,7 +4,9 @@ Model FLOPs count the arithmetic the model needs, not what the hardware happened
 FLOP utilisation, MFU): a multiply-add is 2 FLOPs; per token, the trunk's weight matrices cost 2 x their size,
 attention 2 x 2 x heads x head_dim per key the token attends to (scores and the weighted sum of values), the vocabulary
 projection 2 x hidden x vocabulary at each position whose logits are computed; the embedding lookup, norms,
-activations and softmax are left out (small). A backward pass costs 2x its forward. Not counted: recomputation under
+activations and softmax are left out (small); sliding-window layers (Gemma 3) are counted as if they saw every
+earlier key, which overcounts only sequences longer than the window (512 tokens for gemma-3-270m). A backward pass
+costs 2x its forward. Not counted: recomputation under
 gradient checkpointing, and the junk rows a batched decode computes for sequences that have already finished.
 
 What each kind of pass attends to:

@@ -4,7 +4,8 @@ A checkpoint's chat template is part of its behaviour: Qwen2.5 and SmolLM2 injec
 prompts, so a hand-written ChatML gives other token ids than the model was tuned on. We render the template
 with jinja2 in the same sandbox configuration as transformers (trim_blocks, lstrip_blocks, `raise_exception`,
 a `tojson` that does not escape HTML) and tokenize the text without adding special tokens, as transformers'
-`apply_chat_template(tokenize=True)` does. Base checkpoints without a template get PLAIN_TEMPLATE.
+`apply_chat_template(tokenize=True)` does. Base checkpoints without a template get PLAIN_TEMPLATE; the packaged
+Gemma 3 base model gets GEMMA3_TEMPLATE; `chat_template=` (the scripts' --chat-template FILE) overrides any.
 
 Which tokens belong to assistant turns (the SFT loss mask) is found by rendering the conversation up to each
 assistant turn with and without it: the characters the turn adds, up to and including its end-of-turn token,
@@ -28,6 +29,24 @@ PLAIN_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] | capitalize + ': ' + m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+# Gemma 3's turn format, for base Gemma checkpoints (which ship no template); the packaged gemma-3-270m gets it
+# (rlsr/gguf_convert.py). For text messages it renders exactly what the official Gemma 3 instruct template renders
+# (tests/test_gemma3_packaged.py): <bos>, a system message prefixed to the first user turn, roles user/model, each
+# message trimmed and closed by <end_of_turn>. A base model has never seen this format; SFT or RLSR teaches it.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' }}"
+    "{% if loop.first %}{{ prefix }}{% endif %}{{ m['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
 
@@ -58,6 +77,20 @@ def compile_template(source: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     return env.from_string(source)
+
+
+def read_chat_template(path: str | Path) -> str:
+    """A jinja chat template from a file (--chat-template), its syntax checked: errors name the file and line."""
+    path = Path(path)
+    try:
+        source = path.read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the chat template ({e.strerror})") from None
+    try:
+        compile_template(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"{path}: line {e.lineno}: {e.message}") from None
+    return source
 
 
 def token_str(tok) -> str | None:

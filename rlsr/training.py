@@ -20,13 +20,13 @@ import torch
 from tqdm import tqdm
 
 from rlsr import distributed
-from rlsr.assets import default_policy_path
+from rlsr.assets import BASE_POLICIES, POLICIES, policy_path
 from rlsr.data import DataError, chat_prompts, load_dataset
 from rlsr.flops import Compute
 from rlsr.model import Transformer
 from rlsr.plot import write_curves
 from rlsr.run import CheckpointError, Run, trainer_state
-from rlsr.tokenizer import Tokenizer, read_json
+from rlsr.tokenizer import Tokenizer, read_chat_template, read_json
 from rlsr.tracking import Trackers, add_tracker_args
 
 # Flags a resumed run may change (those a script has): how long it runs, what it writes, and where and in how much
@@ -79,7 +79,10 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     groups = {name: ap.add_argument_group(title) for name, title in
               [("model", "model"), ("data", "data"), ("optimization", "optimization"), ("run", "run")]}
     g = groups["model"]
-    g.add_argument("--init", help="HF-layout checkpoint to start from (default: packaged SmolLM2-135M-Instruct)")
+    g.add_argument("--init", help="HF-layout checkpoint to start from, or a packaged policy: "
+                   f"{', '.join(POLICIES)} (default: the first, SmolLM2-135M-Instruct; gemma3-270m is a base model)")
+    g.add_argument("--chat-template", metavar="FILE", help="jinja chat template to use instead of the checkpoint's own "
+                   "(saved with every checkpoint of the run)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
     g.add_argument("--amp", action="store_true", help="bf16 autocast over fp32 weights (GPU): bf16 matmuls, fp32 "
                    "master weights and optimizer; log-softmax stays fp32 either way")
@@ -223,7 +226,19 @@ def filter_prompts(tok, examples: list, max_tokens: int, what: str, source: str,
 
 
 def init_path(args) -> Path:
-    return Path(args.init) if args.init else default_policy_path()
+    return policy_path(args.init)
+
+
+def load_tokenizer(args, path: Path, say=print) -> Tokenizer:
+    """The --init checkpoint's tokenizer, with --chat-template FILE instead of its own template if given."""
+    if args.init in BASE_POLICIES:
+        say(f"{args.init} is a base model: it has never seen the chat format, so most of its first samples run to the "
+            "length cap (completions/clipped_ratio near 1) until training teaches it to end its turn")
+    try:
+        template = read_chat_template(args.chat_template) if args.chat_template else None
+    except ValueError as e:
+        raise UsageError(f"--chat-template {e}") from None
+    return Tokenizer.from_pretrained(path, chat_template=template)
 
 
 def checkpoint_to_resume(args, d) -> Path | None:

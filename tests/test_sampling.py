@@ -207,3 +207,19 @@ def test_sampling_without_draws_is_refused_and_rollouts_concatenate():
         assert both.prompt_ids[i][both.prompt_mask[i]].tolist() == r.prompt_ids[j][r.prompt_mask[j]].tolist()
     picked = both.select(torch.tensor([4, 5]))
     assert torch.equal(picked.tokens, both.tokens[4:]) and picked.prompt_index.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("V", [4, 512, 1000, 262144])
+def test_two_level_inverse_cdf_equals_one_cumulative_sum(V):
+    """The block-wise CDF picks the id one fp64 cumsum over the whole vocabulary picks, and never an id of p = 0."""
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(64, V, generator=g) * 4
+    logits[:, ::3] = float("-inf")                                  # many ids of probability exactly 0
+    p = torch.softmax(logits, -1)
+    u = torch.rand(64, generator=g, dtype=torch.float64)
+    u[:4] = torch.tensor([0.0, 1 - 2 ** -53, 0.5, 2 ** -40], dtype=torch.float64)  # the ends of [0, 1)
+    cdf = p.double().cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    got = sampling.inverse_cdf(p, u)  # (fp64 rounding could move a boundary; on these 256 draws it does not)
+    assert (p.gather(1, got[:, None]) > 0).all()
+    assert torch.equal(got, want)

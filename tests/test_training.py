@@ -294,3 +294,24 @@ def test_resume_on_changed_data_names_the_change(assets, tmp_path):
     make_tiny_data(data, 12)                                  # the same file, fewer examples
     with pytest.raises(DataError, match="the data changed since the run started"):
         train_rlsr.main(["--resume", str(tmp_path / "run"), "--steps", "3"])
+
+
+def test_chat_template_flag_overrides_the_checkpoints_and_travels_with_its_checkpoints(assets, tmp_path):
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
+                        "{% if m['role'] == 'assistant' %}<|im_end|>{% endif %}\n{% endfor %}"
+                        "{% if add_generation_prompt %}[assistant] {% endif %}")
+    train_rlsr.main(rlsr_argv(assets, tmp_path / "run", "--chat-template", str(template), steps=1))
+    saved = json.loads((tmp_path / "run" / "final" / "tokenizer_config.json").read_text())
+    assert saved["chat_template"] == template.read_text()
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}\n{{ m['content'] }\n")
+    with pytest.raises(UsageError, match=r"--chat-template .*broken\.jinja: line 2"):
+        train_sft.main(["--init", str(assets[0]), "--data", str(assets[2]), "--out-dir", str(tmp_path / "sft"),
+                        "--chat-template", str(broken)])
+    assert not (tmp_path / "sft").exists()
+
+
+def test_init_names_the_packaged_policies_when_it_is_neither():
+    with pytest.raises(FileNotFoundError, match="not one of the packaged policies smollm2-135m-instruct, gemma3-270m"):
+        training.init_path(SimpleNamespace(init="gemma-9000"))
