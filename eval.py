@@ -102,7 +102,7 @@ from rlsr.plot import plot_eval
 from rlsr.report import report
 from rlsr.reward import BERTScore, SimilarityReward, rouge_l, sentence_bleu
 from rlsr.sampling import SamplingParams, complete
-from rlsr.tokenizer import Tokenizer
+from rlsr.tokenizer import Tokenizer, read_chat_template
 from rlsr.training import prompt_key, splits
 
 LC_MIN_ITEMS = 5  # alpaca_eval's GLM cross-validates over 5 folds
@@ -146,6 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = ap.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--chat-template", metavar="FILE", help="jinja chat template for every checkpoint instead of its "
+                   "own (e.g. a base model under a chosen format); the judge keeps its own")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = ap.add_argument_group("judge (optional; without one there are no win-rate columns)")
@@ -252,7 +254,7 @@ def tokenizer_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_checkpoint(spec: str, name: str) -> Checkpoint:
+def check_checkpoint(spec: str, name: str, chat_template: str | None = None) -> Checkpoint:
     packaged = spec == "base" or spec in POLICIES
     path = default_policy_path() if spec == "base" else POLICIES[spec]() if packaged else Path(spec).resolve()
     if not path.is_dir():
@@ -265,12 +267,14 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
     except (ValueError, FileNotFoundError) as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
     try:
-        tok = Tokenizer.from_pretrained(path)
+        tok = Tokenizer.from_pretrained(path, chat_template=chat_template)
         tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
     except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
         raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
-    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path),
-                      tokenizer_fingerprint(path))
+    fingerprint = tokenizer_fingerprint(path)
+    if chat_template is not None:  # the same files under another template give other prompt ids
+        fingerprint = hashlib.sha256((fingerprint + chat_template).encode()).hexdigest()
+    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint)
 
 
 def trained_on(ckpt: Checkpoint) -> tuple[str, str] | None:
@@ -616,7 +620,11 @@ def prepare(args) -> dict:
     names = check_flags(args)
     out = Path(args.out_dir)
     prepare_out_dir(args, out)
-    checkpoints = [check_checkpoint(spec, name) for name, spec in zip(names, args.checkpoints)]
+    try:
+        template = read_chat_template(args.chat_template) if args.chat_template else None
+    except ValueError as e:
+        raise EvalError(f"--chat-template {e}") from None
+    checkpoints = [check_checkpoint(spec, name, template) for name, spec in zip(names, args.checkpoints)]
     resolve_split(args, checkpoints)
     benches = load_benchmarks(args)
     overlap = training_overlap(benches["alpaca_eval"], checkpoints) if "alpaca_eval" in benches else {}

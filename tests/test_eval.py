@@ -404,3 +404,17 @@ def test_default_split_is_test_when_a_checkpoint_trained_on_alpaca_eval(tmp_path
     args = evaluation.parse_args(["base", "x", "--split", "all"])
     evaluation.resolve_split(args, [base, ckpt])
     assert args.split == "all"                                   # given: kept (and the overlap is then reported)
+
+
+def test_chat_template_flag_applies_to_every_checkpoint_and_a_broken_one_is_refused(tiny, tmp_path, capsys):
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    own = evaluation.check_checkpoint(str(tiny["a"]), "a")
+    other = evaluation.check_checkpoint(str(tiny["a"]), "a", template)
+    conv = [{"role": "user", "content": "Hello there"}]
+    assert other.tokenizer.render(conv) == "<|im_start|>Hello there<|im_end|>" != own.tokenizer.render(conv)
+    assert other.fingerprint != own.fingerprint  # prompt ids are computed per template, not per directory alone
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}\n{{ m['content'] }\n")
+    out = tmp_path / "eval"
+    err = run_error(base_args(tiny, out, str(tiny["a"]), "--chat-template", str(broken)), capsys)
+    assert err.startswith("error: --chat-template ") and "broken.jinja: line 2" in err and not out.exists()

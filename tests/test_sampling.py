@@ -168,9 +168,10 @@ def test_greedy_is_argmax_and_scored_at_temperature_one():
     assert tok.item() == 1 and torch.allclose(lp, torch.log_softmax(logits, -1)[:, 1])
 
 
-def test_compiled_decode_matches_eager():
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])  # gemma3: key positions in the static cache (window 3)
+def test_compiled_decode_matches_eager(family):
     """torch.compile of the static decode step (on CPU here; CUDA graphs are added on a GPU)."""
-    model = load("qwen2")
+    model = load(family)
     params = SamplingParams(max_new_tokens=10, temperature=1.0)
     kw = dict(stop_ids={7, 40}, group_size=3)
     a = generate(model, prompts_of([3, 6]), params, uniforms=draws(4, params, 6), **kw)
