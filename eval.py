@@ -27,7 +27,9 @@ metric was computed, e.g. no win rates without a judge):
                         GLM (rlsr/lc_win_rate.py), as a fraction; only with a judge and >= 5 instructions
     cosine_<encoder>    cosine similarity of the sentence embeddings of answer and reference, one column per
                         --encoders entry (cosine_minilm: all-MiniLM-L6-v2, RLSR's default reward; cosine_mpnet:
-                        all-mpnet-base-v2); each encoder truncates its input (MiniLM 256, MPNet 384 word pieces)
+                        all-mpnet-base-v2; cosine_embeddinggemma: EmbeddingGemma-300M with its sentence-similarity
+                        prompt); each encoder truncates its input (MiniLM 256, MPNet 384 word pieces,
+                        EmbeddingGemma 2048 tokens)
     bertscore_<encoder> BERTScore F1 with that encoder's last layer, as bert-score computes it (only with --bertscore)
     rouge_l             ROUGE-L F1 as rouge-score computes it (rlsr/text_metrics.py; no stemmer), encoder-free
     bleu                sentence BLEU / 100 as sacreBLEU's sentence_bleu computes it (rlsr/text_metrics.py)
@@ -133,7 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         g.add_argument(flag(f"no_{b.name}"), action="store_true", help=b.help)
         b.add_args(g)
     g.add_argument("--encoders", nargs="+", default=["minilm", "mpnet"],
-                   help="sentence encoders for the cosine columns: minilm, mpnet (packaged) or directories")
+                   help="sentence encoders for the cosine columns: minilm, mpnet, embeddinggemma (packaged) or "
+                   "directories")
     g.add_argument("--encoder", help=argparse.SUPPRESS)  # deprecated: one encoder, same as --encoders X
     g.add_argument("--bertscore", action="store_true", help="add BERTScore F1 columns (bertscore_<encoder>, each "
                    "--encoders entry's last layer, as the bertscore reward computes it)")

@@ -31,7 +31,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from rlsr import arena_hard, lm_tasks
-from rlsr.assets import POLICIES, default_policy_path, encoder_path
+from rlsr.assets import ENCODERS, POLICIES, default_policy_path, encoder_path
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
 from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
@@ -185,8 +185,9 @@ def eval_columns(args, device) -> dict[str, Component]:
 
 
 def encoder_key(name: str) -> str:
-    """Column suffix of an encoder: minilm, mpnet, or the directory name of a path (cosine_<key>, bertscore_<key>)."""
-    base = name if name in ("minilm", "mpnet") else run_name(Path(name))
+    """Column suffix of an encoder: a packaged one's name (minilm, mpnet, embeddinggemma), or the directory name of a
+    path (cosine_<key>, bertscore_<key>)."""
+    base = name if name in ENCODERS else run_name(Path(name))
     return re.sub(r"[^0-9a-z]+", "_", base.lower()).strip("_") or "encoder"
 
 

@@ -157,11 +157,14 @@ def write_json(path: str | Path, obj) -> None:
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, progress=None) -> str:
+    """Hex sha256 of a file; `progress(n)` is called with each chunk's byte count (a tqdm bar's `update`)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return h.hexdigest()
 
 

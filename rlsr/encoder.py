@@ -1,7 +1,8 @@
 """The frozen sentence encoder behind the RLSR reward: texts -> unit-norm embeddings whose dot product is the cosine.
 
-It reads a sentence-transformers directory (modules.json: Transformer -> Pooling [-> Normalize]) and reproduces
-`SentenceTransformer.encode` for three kinds of checkpoint, chosen by config.json's `model_type`:
+It reads a sentence-transformers directory (modules.json: Transformer -> Pooling [-> Dense ...] [-> Normalize]) and
+reproduces `SentenceTransformer.encode` for four kinds of checkpoint, chosen by config.json's `model_type` and the
+pooling:
 
     bert, mean pooling        all-MiniLM-L6-v2 (the default): HF `BertModel`; the tokenizer's own post-processor
                               adds [CLS] ... [SEP]; mean over the real tokens
@@ -10,17 +11,32 @@ It reads a sentence-transformers directory (modules.json: Transformer -> Pooling
     decoder, last token       Qwen3-Embedding style (the paper's Qwen-EM): config.json is a Qwen2/Qwen3/Llama
                               decoder run by rlsr.model.Transformer; <|endoftext|> is appended to every text and its
                               final-norm hidden state is the embedding
+    gemma3_text, mean pooling EmbeddingGemma-300M: rlsr.model.Transformer's Gemma 3 blocks run bidirectionally
+                              (config.json's use_bidirectional_attention; the local layers see 256 tokens either
+                              side); the post-processor adds <bos> ... <eos>; mean over the real tokens, then two
+                              Dense modules (768 -> 3072 -> 768, no bias, identity activation)
 
 Conventions
 - Truncation is sentence-transformers': at `max_seq_length` of sentence_bert_config.json, counting the special
   tokens, which always survive. tokenizer.json's own truncation and padding (MiniLM's and MPNet's say 128) are
   overridden.
+- Prompts: a directory whose config_sentence_transformers.json defines prompts is embedded with one of them,
+  prepended to every text (as `SentenceTransformer.encode(prompt=...)`): the "STS" prompt when there is one
+  (EmbeddingGemma: "task: sentence similarity | query: ", the model card's prompt for judging how similar two texts
+  are, which is what the reward asks; response and reference are embedded alike, so the cosine stays symmetric),
+  else the default_prompt_name's, else none. Qwen3-Embedding defines only retrieval prompts ("query"), for the
+  query side of a search, and none is the default: its texts get no prompt. The prompt's tokens count towards
+  max_seq_length and are pooled (Pooling's include_prompt, the only setting supported).
+- Dense modules (sentence-transformers' Dense: a Linear and an activation, identity only here) follow the pooling,
+  in modules.json's order, before the normalisation.
 - Normalize is applied when modules.json names a Normalize module, whether or not its folder exists:
   all-mpnet-base-v2 names `2_Normalize` and ships no such folder, and sentence-transformers then builds the
   default `Normalize()` (its config loader returns {} for a missing file), an L2 normalisation of the pooled
   embedding, `F.normalize(x, p=2, dim=-1)`. We do the same.
-- Batches are right-padded; `mask` [B, T] marks real tokens. Within one `encode` call texts are sorted by length
-  before batching, so similar lengths share a batch, and the output is put back in input order.
+- Batches are right-padded; `mask` [B, T] marks real tokens. A bidirectional decoder lets every query see every real
+  key (and itself: a pad query far from the real tokens would otherwise see nothing in a sliding window). Within
+  one `encode` call texts are sorted by length before batching, so similar lengths share a batch, and the output
+  is put back in input order.
 - The encoder never trains: parameters have requires_grad=False and `encode` runs under torch.no_grad (not
   inference_mode, whose tensors cannot later meet autograd, e.g. reward * log-prob).
 - `token_states` gives per-token hidden states of the BERT and MPNet encoders for BERTScore, indexed as HF's
@@ -28,7 +44,6 @@ Conventions
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -325,56 +340,107 @@ def _pooling_mode(path: Path) -> str:
     modes = [mode] if isinstance(mode, str) else list(mode)
     if modes not in (["mean"], ["lasttoken"]):
         raise ValueError(f"{path}: pooling {modes} is not supported (only mean or lasttoken, alone)")
+    if not cfg.get("include_prompt", True):
+        raise ValueError(f"{path}: include_prompt false is not supported (the prompt's tokens are pooled)")
     return modes[0]
+
+
+PROMPT_NAME = "STS"  # the prompt for sentence similarity; see the module docstring
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def _prompt(path: Path) -> str:
+    """The prompt every text is embedded with (module docstring): "STS", else the default prompt, else none."""
+    cfg = read_json(path)  # {} when the file is missing
+    prompts = cfg.get("prompts") or {}
+    name = PROMPT_NAME if PROMPT_NAME in prompts else cfg.get("default_prompt_name")
+    if name is not None and name not in prompts:
+        raise ValueError(f"{path}: default_prompt_name {name!r} is not among the prompts {sorted(prompts)}")
+    return prompts[name] if name is not None else ""
+
+
+def _load_dense(path: Path, dtype, device) -> nn.Linear:
+    """sentence-transformers' Dense module at `path` (config.json + model.safetensors, `linear.weight` [out, in])."""
+    cfg = read_json(path / "config.json")
+    # sentence-transformers' default activation is Tanh; only the identity (EmbeddingGemma's) is supported
+    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if act != IDENTITY:
+        raise ValueError(f"{path / 'config.json'}: activation_function {act!r} is not supported (only {IDENTITY})")
+    try:
+        d_in, d_out, bias = cfg["in_features"], cfg["out_features"], cfg.get("bias", True)
+    except KeyError as e:
+        raise ValueError(f"{path / 'config.json'}: required field {e.args[0]!r} is missing") from None
+    with torch.device("meta"):
+        dense = nn.Linear(d_in, d_out, bias=bias)
+    expected = {"linear." + k: v.shape for k, v in dense.state_dict().items()}
+    tensors = load_safetensors_dir(path, expected, dtype=dtype, device=device)
+    dense.load_state_dict({k.removeprefix("linear."): v for k, v in tensors.items()}, assign=True)
+    return dense
 
 
 class Encoder(nn.Module):
     """`Encoder.from_pretrained(path).encode(texts)`; the reward is the dot product of two rows."""
 
     def __init__(self, model: nn.Module, tokenizer: HFTokenizer, pooling: str, normalize: bool, max_seq_length: int,
-                 end_id: int | None = None, lowercase: bool = False):
+                 end_id: int | None = None, lowercase: bool = False, prompt: str = "",
+                 dense: list[nn.Linear] = ()):
         super().__init__()
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.pooling = pooling                  # "mean" | "lasttoken"
         self.normalize = normalize              # a Normalize module follows the pooling
-        self.max_seq_length = max_seq_length    # tokens per text, special tokens included
-        self.end_id = end_id                    # decoders: the token appended to every text; None for BERT/MPNet
+        self.max_seq_length = max_seq_length    # tokens per text, special tokens and prompt included
+        self.end_id = end_id                    # last-token decoders: the token appended to every text, else None
         self.lowercase = lowercase              # sentence_bert_config.json `do_lower_case`
-        self.dim = model.config.hidden_size
-        # what fills pad positions: BERT's [PAD], MPNet's <pad> (its position ids skip it); decoders attend causally
-        # and never look at what follows a text, so any id does
+        self.prompt = prompt                    # prepended to every text
+        self.dense = nn.ModuleList(dense).requires_grad_(False)  # after the pooling, in order
+        self.dim = dense[-1].out_features if dense else model.config.hidden_size
+        # what fills pad positions: BERT's [PAD], MPNet's <pad> (its position ids skip it); a decoder never attends to
+        # a pad (causal, or a masked key when bidirectional), so any id does
         self.pad_id = getattr(model, "pad_id", 0)
         self._truncating = {max_seq_length: tokenizer}  # max_length -> tokenizer truncating there (token_states)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device=None) -> "Encoder":
         path = Path(path)
-        modules = {m["type"].rsplit(".", 1)[-1]: m for m in json.loads((path / "modules.json").read_text())}
-        if {"Transformer", "Pooling"} - set(modules) or set(modules) - {"Transformer", "Pooling", "Normalize"}:
-            raise ValueError(f"{path / 'modules.json'}: modules {list(modules)} are not supported "
-                             "(Transformer, Pooling and optionally Normalize)")
-        pooling = _pooling_mode(path / modules["Pooling"]["path"] / "config.json")
-        root = path / modules["Transformer"]["path"]
+        listed = [(m["type"].rsplit(".", 1)[-1], path / m["path"]) for m in read_json(path / "modules.json")]
+        kinds = [kind for kind, _ in listed]
+        if kinds[:2] != ["Transformer", "Pooling"] or set(kinds[2:]) - {"Dense", "Normalize"} \
+                or "Normalize" in kinds[2:-1]:
+            raise ValueError(f"{path / 'modules.json'}: modules {kinds} are not supported (Transformer, Pooling, "
+                             "optionally Dense modules, optionally Normalize last)")
+        root, pooling_dir = listed[0][1], listed[1][1]
+        pooling = _pooling_mode(pooling_dir / "config.json")
         st = read_json(root / "sentence_bert_config.json")
         tk = HFTokenizer.from_file(str(root / "tokenizer.json"))
         tk.no_padding()  # we pad each batch ourselves
         model_type = read_json(root / "config.json").get("model_type")
         if model_type in BIDIRECTIONAL:
-            model, end_id = BIDIRECTIONAL[model_type].from_pretrained(root, dtype, device), None
+            model = BIDIRECTIONAL[model_type].from_pretrained(root, dtype, device)
             max_len = min(st.get("max_seq_length") or model.max_tokens, model.max_tokens)
-            tk.enable_truncation(max_len)  # counts the special tokens the post-processor adds, and keeps them
         else:
             model = load_decoder(root, dtype, device)
             max_len = st.get("max_seq_length") or model.config.max_position_embeddings
+        end_id = None
+        if model_type in BIDIRECTIONAL or pooling == "mean":
+            # the post-processor adds the special tokens (BERT's [CLS] ... [SEP], EmbeddingGemma's <bos> ... <eos>);
+            # truncation counts them and keeps them
+            tk.enable_truncation(max_len)
+        else:  # a last-token decoder
             tk.no_truncation()  # we truncate ourselves, to keep the appended end token
             # Qwen3-Embedding's tokenizer appends <|endoftext|> (not its eos, <|im_end|>); fall back to the eos.
             eos = token_str(read_json(root / "tokenizer_config.json").get("eos_token"))
             end_id = next((i for i in map(tk.token_to_id, filter(None, ["<|endoftext|>", eos])) if i is not None), None)
             if end_id is None:
                 raise ValueError(f"{root}: the tokenizer has neither <|endoftext|> nor an eos_token to end texts with")
+        dense = [_load_dense(d, dtype, device) for kind, d in listed if kind == "Dense"]
+        for a, b in zip([model.config.hidden_size] + [d.out_features for d in dense], dense):
+            if a != b.in_features:
+                raise ValueError(f"{path / 'modules.json'}: a Dense module takes {b.in_features} features, "
+                                 f"its input has {a}")
         # Normalize is honoured even when its folder is missing (all-mpnet-base-v2), as sentence-transformers does.
-        return cls(model, tk, pooling, "Normalize" in modules, max_len, end_id, bool(st.get("do_lower_case")))
+        return cls(model, tk, pooling, "Normalize" in kinds, max_len, end_id, bool(st.get("do_lower_case")),
+                   _prompt(path / "config_sentence_transformers.json"), dense)
 
     @property
     def device(self) -> torch.device:
@@ -382,7 +448,8 @@ class Encoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """texts -> (token ids as the model sees them, whether each text lost tokens to truncation)."""
-        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
+        texts = [self.prompt + t for t in texts]
+        texts = [t.lower() for t in texts] if self.lowercase else texts
         if self.end_id is None:  # BERT/MPNet: tokenizers' truncation keeps the rest in `overflowing`
             encodings = self.tokenizer.encode_batch(texts)
             return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
@@ -465,8 +532,9 @@ class Encoder(nn.Module):
         ids, mask = self._pad(batch)                                                # [B, T], [B, T]
         if isinstance(self.model, BIDIRECTIONAL_TYPES):
             h = self.model(ids, mask)                                               # [B, T, d]
-        else:
-            h = self.model.hidden(ids, positions_from_mask(mask), padding_mask(mask))  # [B, T, d], final norm applied
+        else:  # final norm applied
+            attn = padding_mask(mask, causal=not self.model.config.bidirectional)   # [B, 1, T, T]
+            h = self.model.hidden(ids, positions_from_mask(mask), attn)             # [B, T, d]
         h = h.float()  # pool in fp32, as sentence-transformers does for half-precision models
         if self.pooling == "mean":
             m = mask[..., None].float()                                             # [B, T, 1]
@@ -474,4 +542,6 @@ class Encoder(nn.Module):
         else:
             last = mask.sum(1) - 1                                                  # [B]
             emb = h[torch.arange(len(batch), device=h.device), last]                # [B, d], last real token
+        for dense in self.dense:
+            emb = dense(emb.to(dense.weight.dtype)).float()                          # [B, d_out]
         return F.normalize(emb, dim=-1) if self.normalize else emb

@@ -23,7 +23,10 @@ Conventions
   mask attention is plain causal. We never use `is_causal=True` together with a cache offset, because SDPA
   aligns that mask to the top-left corner.
 - Sliding-window layers see a key only if its position is less than `sliding_window` before the query's
-  (q_pos - k_pos < W, transformers' convention), on top of the caller's mask. The model derives that from positions,
+  (q_pos - k_pos < W, transformers' convention), on top of the caller's mask. A bidirectional model
+  (`use_bidirectional_attention`, EmbeddingGemma) attends both ways: without a mask every token sees every token,
+  and its sliding-window layers see |q_pos - k_pos| <= W // 2, as transformers' Gemma3TextModel does (its config
+  turns W into W // 2 + 1 and its mask is |q - k| < that). The model derives that from positions,
   not columns, so packed rows (rlsr/packing.py) get the window each sequence would get alone.
 - `kv_cache` is any object with `update(layer_idx, k, v) -> (k_all, v_all)` (see rlsr/sampling.py), and, for a
   model with sliding-window layers, `key_positions(positions) -> [B, T_k]`: the positions of every cached key
@@ -79,6 +82,7 @@ class ModelConfig:
     sliding_window: int | None = None  # keys a sliding-window query sees: q_pos - k_pos < sliding_window
     local_rope_theta: float | None = None  # RoPE base of the sliding-window layers (Gemma 3: 10,000)
     final_softcap: float | None = None   # logits -> cap * tanh(logits / cap) (Gemma 3 sets none)
+    bidirectional: bool = False          # an encoder (EmbeddingGemma): no causal mask; see the module docstring
     hf: dict = field(default_factory=dict, repr=False)  # the config.json it came from, written back on save
 
     @classmethod
@@ -96,8 +100,6 @@ class ModelConfig:
             raise ValueError(f"{source}: activation {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
         if hf.get("use_sliding_window") and not gemma:
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
-        if hf.get("use_bidirectional_attention"):
-            raise ValueError(f"{source}: use_bidirectional_attention=true is an encoder, not a causal language model")
         heads = hf["num_attention_heads"]
         attention_bias = bool(hf.get("attention_bias", False))
         n_layers = hf["num_hidden_layers"]
@@ -156,6 +158,7 @@ class ModelConfig:
             sliding_window=hf.get("sliding_window", 4096) if SLIDING in layer_types else None,
             local_rope_theta=float(local_rope.get("rope_theta", 10000.0)) if gemma else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma else None,
+            bidirectional=gemma and bool(hf.get("use_bidirectional_attention")),  # transformers reads it for Gemma
             hf=dict(hf),
         )
 
@@ -239,6 +242,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.norm_offset)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg.norm_offset)
         self.scale = cfg.attn_scale
+        self.causal = not cfg.bidirectional  # what mask=None means
 
     def forward(self, x, cos, sin, mask, kv_cache):
         B, T, _ = x.shape
@@ -251,7 +255,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)               # [B, Hkv, T_past + T, D]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and self.causal,
+                                           scale=self.scale,
                                            enable_gqa=self.n_kv != self.n_heads)  # [B, H, T, D]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -297,13 +302,14 @@ class Block(nn.Module):
 
 
 def sliding_window_mask(mask: torch.Tensor | None, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                        window: int) -> torch.Tensor:
-    """The mask of a sliding-window layer: `mask` (None = causal by position; bool or additive [B, 1, T, T_k]) and
-    q_pos - k_pos < window. q_pos [B, T], k_pos [B, T_k]."""
+                        window: int, bidirectional: bool = False) -> torch.Tensor:
+    """The mask of a sliding-window layer: `mask` (None = causal by position, or everything when bidirectional; bool
+    or additive [B, 1, T, T_k]) and q_pos - k_pos < window (bidirectional: |q_pos - k_pos| <= window // 2).
+    q_pos [B, T], k_pos [B, T_k]."""
     dist = q_pos[:, None, :, None] - k_pos[:, None, None, :]                          # [B, 1, T, T_k]
-    near = dist < window
+    near = dist.abs() <= window // 2 if bidirectional else dist < window
     if mask is None:
-        return near & (dist >= 0)
+        return near if bidirectional else near & (dist >= 0)
     if mask.dtype == torch.bool:
         return mask & near
     return mask.masked_fill(~near, float("-inf"))
@@ -338,7 +344,7 @@ class Transformer(nn.Module):
         """input_ids [B, T] -> the last block's output [B, T, hidden], before the final norm.
 
         positions [B, T] (default 0..T-1 in every row; required with a kv_cache), mask [B, 1, T, T_k] (default:
-        causal over these T tokens only).
+        causal over these T tokens only; a bidirectional model: every token).
         """
         B, T = input_ids.shape
         if positions is None:
@@ -353,7 +359,8 @@ class Transformer(nn.Module):
         if hasattr(self.model, "rotary_emb_local"):
             rope[True] = self.model.rotary_emb_local(positions, x.dtype)
             k_pos = positions if kv_cache is None else kv_cache.key_positions(positions)  # [B, T_k]
-            masks[True] = sliding_window_mask(mask, positions, k_pos, self.config.sliding_window)
+            masks[True] = sliding_window_mask(mask, positions, k_pos, self.config.sliding_window,
+                                              self.config.bidirectional)
         for block in self.model.layers:
             (cos, sin), m = rope[block.sliding], masks[block.sliding]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -401,6 +408,9 @@ class Transformer(nn.Module):
         from rlsr.checkpoint import check_tensors, stored_shapes
         path = Path(path)
         cfg = ModelConfig.from_file(path / "config.json")
+        if cfg.bidirectional:
+            raise ValueError(f"{path / 'config.json'}: use_bidirectional_attention=true is an encoder (an embedding "
+                             "model), not a causal language model")
         stored = stored_shapes(path)
         if "tie_word_embeddings" not in cfg.hf and "lm_head.weight" not in stored:
             cfg = replace(cfg, tie_word_embeddings=True)

@@ -43,18 +43,21 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def padding_mask(mask: torch.Tensor, q_len: int | None = None) -> torch.Tensor:
+def padding_mask(mask: torch.Tensor, q_len: int | None = None, causal: bool = True) -> torch.Tensor:
     """Boolean SDPA mask [B, 1, q_len, T_k] from a [B, T_k] real-token mask whose last q_len columns are the queries.
 
-    Query i (absolute column T_k - q_len + i) may see key j when j <= that column and key j is real. A pad query
-    would see nothing and SDPA would return NaN, so every query also sees itself; pad outputs are never used.
+    Query i (absolute column T_k - q_len + i) may see key j when j <= that column (any j if not causal) and key j
+    is real. A pad query might see nothing (or, in a sliding window, no real key) and SDPA would return NaN, so
+    every query also sees itself; pad outputs are never used.
     """
     B, Tk = mask.shape
     q_len = Tk if q_len is None else q_len
     q_abs = torch.arange(Tk - q_len, Tk, device=mask.device)                         # [Tq]
     k_abs = torch.arange(Tk, device=mask.device)                                     # [Tk]
-    allowed = (k_abs[None, :] <= q_abs[:, None])[None] & mask.bool()[:, None, :]     # [B, Tq, Tk]
-    allowed |= k_abs[None, None, :] == q_abs[None, :, None]
+    allowed = mask.bool()[:, None, :]                                                # [B, 1, Tk]
+    if causal:
+        allowed = allowed & (k_abs[None, :] <= q_abs[:, None])[None]                 # [B, Tq, Tk]
+    allowed = allowed | (k_abs[None, None, :] == q_abs[None, :, None])               # [B, Tq, Tk]
     return allowed[:, None]                                                          # [B, 1, Tq, Tk]
 
 

@@ -294,7 +294,7 @@ def add_reward_args(parser: argparse.ArgumentParser):
     g.add_argument("--reward", default="cosine", metavar="SPEC", help=f"{' | '.join(REWARDS)}, or a weighted sum such as "
                    "cosine=0.7,rouge_l=0.3 (each component logged as reward/<name>; weight 0 = logged only)")
     g.add_argument("--encoder", metavar="NAME", help="sentence encoder of the cosine reward: minilm (default, packaged "
-                   "all-MiniLM-L6-v2), mpnet, or a sentence-transformers directory")
+                   "all-MiniLM-L6-v2), mpnet, embeddinggemma, or a sentence-transformers directory")
     g.add_argument("--bertscore-encoder", metavar="NAME", help="encoder whose token states BERTScore matches (default: --encoder; "
                    "BERT or MPNet)")
     g.add_argument("--bertscore-layer", type=int, metavar="K", help="BERTScore's layer as an HF hidden_states index (0 = "

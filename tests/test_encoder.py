@@ -348,8 +348,9 @@ def test_minilm_token_states_batched_equal_one_at_a_time(minilm):
 
 # encoder_path: the names of the packaged encoders, or a directory.
 def test_encoder_path_errors_name_the_path(tmp_path):
-    assert assets.ENCODERS == ("minilm", "mpnet")
-    with pytest.raises(FileNotFoundError, match=f"encoder '{tmp_path / 'nope'}': no such directory.*minilm, mpnet"):
+    assert assets.ENCODERS == ("minilm", "mpnet", "embeddinggemma")
+    with pytest.raises(FileNotFoundError, match=f"encoder '{tmp_path / 'nope'}': no such directory.*minilm, mpnet, "
+                                                "embeddinggemma"):
         assets.encoder_path(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'modules.json'} is missing"):
         assets.encoder_path(str(tmp_path))

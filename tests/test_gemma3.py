@@ -35,8 +35,7 @@ def test_config_switches():
     old |= {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 2, "num_hidden_layers": 3}
     o = ModelConfig.from_hf(old)
     assert (o.layer_types, o.rope_theta, o.local_rope_theta) == ((SLIDING, FULL, SLIDING), 1e6, 1e4)
-    with pytest.raises(ValueError, match="use_bidirectional_attention"):
-        ModelConfig.from_hf(dict(hf, use_bidirectional_attention=True))
+    assert ModelConfig.from_hf(dict(hf, use_bidirectional_attention=True)).bidirectional  # an encoder: encoder.py
 
 
 def test_four_norms_and_tied_head():
