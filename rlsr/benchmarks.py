@@ -34,7 +34,7 @@ from rlsr.ifeval import score_ifeval, write_input_response_data
 from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
 from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
 from rlsr.metrics import distinct_n
-from rlsr.model import Transformer
+from rlsr.model import check_model_dir
 from rlsr.reward import REWARDS, Build, Component, RewardConfig
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer
@@ -377,17 +377,10 @@ def check_checkpoint(spec: str, name: str) -> Checkpoint:
     path = default_policy_path() if spec == "base" else Path(spec).resolve()
     if not path.is_dir():
         raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, or `base`)")
-    if not (path / "config.json").exists():
-        raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
     try:
-        Transformer.check_pretrained(path)  # config and tensor headers, no weights loaded
-    except (ValueError, FileNotFoundError) as e:
+        _, tok = check_model_dir(path)  # config, tensor headers, tokenizer: the checks the training scripts make
+    except ValueError as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
-    try:
-        tok = Tokenizer.from_pretrained(path)
-        tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
-    except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
-        raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
     return Checkpoint(name, spec, path, tok, None if spec == "base" else read_compute(path),
                       tokenizer_fingerprint(path))
 
