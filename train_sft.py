@@ -21,7 +21,6 @@ from rlsr import distributed, training
 from rlsr.data import PromptSampler
 from rlsr.flops import Compute
 from rlsr.sft import Tokenized, num_targets, sft_batches, sft_loss, tokenize_example
-from rlsr.tokenizer import Tokenizer
 from rlsr.training import check_range
 
 
@@ -69,7 +68,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     init = training.init_path(args)
-    tok = Tokenizer.from_pretrained(init)
+    _, tok = training.checked_model(init, "--init")
     train, held = training.load_splits(args, say)
 
     def prepare(examples, what, source):
@@ -136,12 +135,11 @@ def main(argv=None):
         trainer.maybe_checkpoint(step)
     bar.close()
 
-    final = trainer.finish()
     last = held_out(args.steps, "at the end")
     trainer.summarize(f"held-out loss (n={len(held_tok)} examples): {first['loss']:.4f} -> {last['loss']:.4f} nats/token",
                       "WARNING: the held-out loss rose: the model got worse on held-out references; lower --lr"
                       if last["loss"] > first["loss"] else None)
-    trainer.close(final)
+    trainer.close(trainer.finish())  # final/ last: a run whose final/ is intact has finished
 
 
 if __name__ == "__main__":
