@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from rlsr import arena_hard
 from rlsr.assets import default_policy_path
+from rlsr.checkpoint import weights_digest
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
-from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
+from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate, probe
 from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
 from rlsr.metrics import distinct_n
 from rlsr.model import check_model_dir
@@ -363,6 +364,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     compute: dict | None
     fingerprint: str     # identifies the tokenizer files (prompt ids are computed once per distinct tokenizer)
+    weights_sha256: str = ""  # identifies the weights (--resume re-evaluates a checkpoint whose weights changed)
 
 
 def tokenizer_fingerprint(path: Path) -> str:
@@ -373,32 +375,45 @@ def tokenizer_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_checkpoint(spec: str, name: str) -> Checkpoint:
+def check_checkpoint(spec: str, name: str, max_new_tokens: int | None = None) -> Checkpoint:
     path = default_policy_path() if spec == "base" else Path(spec).resolve()
     if not path.is_dir():
         raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, or `base`)")
     try:
-        _, tok = check_model_dir(path)  # config, tensor headers, tokenizer: the checks the training scripts make
+        cfg, tok = check_model_dir(path)  # config, tensor headers, tokenizer: the checks the training scripts make
+        digest, nonfinite = weights_digest(path)
     except ValueError as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
+    if nonfinite:
+        raise EvalError(f"checkpoint {name}: tensor {nonfinite!r} in {path} holds NaN or inf; its answers would be "
+                        "garbage (a diverged or damaged checkpoint)")
+    if max_new_tokens is not None and max_new_tokens >= cfg.max_position_embeddings:
+        raise EvalError(f"--max-new-tokens {max_new_tokens}: checkpoint {name} has {cfg.max_position_embeddings} "
+                        "positions (max_position_embeddings of its config.json)")
     return Checkpoint(name, spec, path, tok, None if spec == "base" else read_compute(path),
-                      tokenizer_fingerprint(path))
+                      tokenizer_fingerprint(path), digest)
 
 
 def make_judges(args, device, dtype) -> Judges | None:
+    """The judge the flags name, probed (rlsr.judge.probe) before any answer is generated: it must reply, and its
+    reply must parse."""
     if args.judge_url:
         key = args.judge_key_env or None
-        pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers)
-        arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers,
+        bounds = dict(timeout=args.judge_timeout, retries=args.judge_retries, workers=args.judge_workers)
+        pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds)
+        arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds,
                           max_tokens=args.arena_hard_judge_max_tokens, system_prompt=None)
-        return Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
-    if args.judge:
+        judges = Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
+    elif args.judge:
         ckpt = check_checkpoint(args.judge, "--judge")
         pairwise = LocalJudge.from_pretrained(ckpt.path, dtype=dtype, device=device, system_prompt=SYSTEM_PROMPT)
         arena = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=args.arena_hard_judge_max_tokens,
                            system_prompt=None)
-        return Judges(pairwise, arena, name_of(args.judge), 32)
-    return None
+        judges = Judges(pairwise, arena, name_of(args.judge), 32)
+    else:
+        return None
+    probe(judges.pairwise)
+    return judges
 
 
 

@@ -311,3 +311,93 @@ def test_save_every_zero_checks_the_space_for_final_before_training(assets, tmp_
     err = one_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "run", "--save-every", "0"), before=small_disk)
     assert "no space left on" in err and "for final/: it needs about" in err
     assert not (tmp_path / "run").exists()
+
+# ---------------------------------------------------------------- eval.py: refusals instead of exit 0 on garbage
+
+
+def eval_argv(assets, out, *extra):
+    encoder, data = assets[1], assets[2]
+    return ["--data", str(data), "--encoders", str(encoder), "--no-arena-hard", "--no-ifeval", "--max-new-tokens", "4",
+            "--batch-size", "4", "--limit", "4", "--out-dir", str(out), *extra]
+
+
+def test_eval_refuses_a_checkpoint_with_nonfinite_weights(assets, tmp_path):
+    from safetensors.torch import load_file, save_file
+    bad = make_tiny_policy_dir(tmp_path / "nan")
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, bad / "model.safetensors")
+    err = one_error("eval.py", [str(bad), *eval_argv(assets, tmp_path / "eval")])
+    assert "tensor 'model.norm.weight'" in err and "holds NaN or inf" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_resume_evaluates_again_a_checkpoint_whose_weights_changed(assets, tmp_path):
+    from safetensors.torch import load_file, save_file
+    ckpt, out = make_tiny_policy_dir(tmp_path / "ckpt"), tmp_path / "eval"
+    run_script("eval.py", [str(ckpt), "--names", "one", *eval_argv(assets, out)])
+    first = json.loads((out / "per_checkpoint" / "one.json").read_text())
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors["model.norm.weight"] *= 3                        # new weights at the same path
+    save_file(tensors, ckpt / "model.safetensors")
+    stdout = run_script("eval.py", [str(ckpt), "--names", "one", *eval_argv(assets, out, "--resume")]).stdout
+    assert "changed since" in stdout and "one is evaluated again" in stdout and "already evaluated" not in stdout
+    again = json.loads((out / "per_checkpoint" / "one.json").read_text())
+    assert again["weights_sha256"] != first["weights_sha256"]
+
+
+def test_eval_overwrite_removes_only_what_eval_wrote(assets, tmp_path):
+    out = tmp_path / "eval"
+    run_script("eval.py", [str(assets[0]), "--names", "one", *eval_argv(assets, out)])
+    (out / "notes.txt").write_text("mine")
+    (out / "model_outputs" / "by_hand.json").write_text("[]")
+    stdout = run_script("eval.py", [str(assets[0]), "--names", "two", *eval_argv(assets, out, "--overwrite")]).stdout
+    assert "kept 2 file(s)" in stdout
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model_outputs" / "by_hand.json").exists()
+    assert sorted(p.name for p in (out / "per_checkpoint").iterdir()) == ["two.json"]
+    listed = json.loads((out / "written.json").read_text())["files"]
+    assert "per_checkpoint/two.json" in listed and "notes.txt" not in listed
+
+
+def test_eval_out_dir_is_locked_by_the_eval_writing_it(assets, tmp_path):
+    out = tmp_path / "eval"
+    run_script("eval.py", [str(assets[0]), "--names", "one", *eval_argv(assets, out)])
+    lock_dir(out)
+    try:
+        err = one_error("eval.py", [str(assets[0]), "--names", "one", *eval_argv(assets, out, "--overwrite")])
+        assert f"is in use by another process (pid {os.getpid()} on " in err
+        assert (out / "per_checkpoint" / "one.json").exists()
+    finally:
+        unlock_dir(out)
+
+
+def test_eval_max_new_tokens_is_bounded_by_the_models_positions(assets, tmp_path):
+    err = one_error("eval.py", [str(assets[0]), *eval_argv(assets, tmp_path / "eval"), "--max-new-tokens", "100000000"])
+    assert "--max-new-tokens 100000000: checkpoint" in err and "has 256 positions" in err
+
+
+def test_eval_judge_whose_replies_never_parse_is_an_error_before_any_work(assets, tmp_path):
+    from test_judge import FakeOpenAI
+    server = FakeOpenAI()
+    server.reply = "Both outputs have their merits."
+    try:
+        err = one_error("eval.py", [str(assets[0]), *eval_argv(assets, tmp_path / "eval"), "--judge-url",
+                                    server.base_url, "--judge-key-env", ""])
+    finally:
+        server.close()
+    assert "not a verdict (A or B)" in err and len(server.requests) == 1
+    assert not (tmp_path / "eval").exists()                 # probed before any answer was generated
+
+
+def test_eval_judge_that_never_replies_fails_in_bounded_time_before_any_work(assets, tmp_path):
+    import socket
+    silent = socket.create_server(("127.0.0.1", 0))       # accepts connections, never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    t0 = time.monotonic()
+    try:
+        err = one_error("eval.py", [str(assets[0]), *eval_argv(assets, tmp_path / "eval"), "--judge-url", url,
+                                    "--judge-key-env", "", "--judge-timeout", "1", "--judge-retries", "1"])
+    finally:
+        silent.close()
+    assert "failed after 2 attempts" in err and time.monotonic() - t0 < 40   # 2 x 1 s + a 1 s wait, plus start-up
+    assert not (tmp_path / "eval").exists()
