@@ -98,6 +98,7 @@ from rlsr.metrics import Statistic, interval, paired_differences
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval
 from rlsr.report import report
+from rlsr.training import HelpFormatter
 
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
@@ -110,7 +111,7 @@ def flag(key: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("checkpoints", nargs="+", help="HF-layout directories, or `base` for the packaged policy")
     ap.add_argument("--names", nargs="+", help="row names (default: derived from the paths)")
@@ -135,9 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bertscore", action="store_true", help="add BERTScore F1 columns (bertscore_<encoder>, each "
                    "--encoders entry's last layer, as the bertscore reward computes it)")
     g = ap.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    g.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (greedy)")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts answered together")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = ap.add_argument_group("judge (optional; without one there are no win-rate columns)")
     g.add_argument("--judge", help="a local HF-layout judge checkpoint, run by rlsr's engine")
@@ -153,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reply length for Arena-Hard judgments (its judges write their own answer before the "
                         "verdict; arena-hard-auto's v2.0 config uses 16000)")
     g = ap.add_argument_group("output")
-    g.add_argument("--out-dir", default="results/eval")
+    g.add_argument("--out-dir", default="results/eval", help="where the results are written")
     g.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out-dir")
     g.add_argument("--resume", action="store_true", help="keep finished checkpoints of an earlier run in --out-dir")
     g.add_argument("--compare", action="append", default=[], metavar="A:B",

@@ -35,7 +35,7 @@ from rlsr.training import check_range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=training.HelpFormatter,
                                  allow_abbrev=False)
     groups = training.common_args(ap, steps=16, lr=5e-5, warmup=2, micro_batch=8, out_dir="runs/rlsr")
     g = groups["model"]

@@ -47,6 +47,10 @@ def resumable_flags(ap: argparse.ArgumentParser) -> str:
     return ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume" and k in dests)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help: the description as written, and every flag's default."""
+
+
 class UsageError(ValueError):
     """Bad flags or inputs: nothing was written; fix the command and run it again."""
 
@@ -104,7 +108,7 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     g.add_argument("--steps", type=int, default=steps, help="optimizer steps")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate, in (0, 1]")
     g.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up of the learning rate, then constant")
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay, in [0, 1]")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     g.add_argument("--micro-batch-size", type=int, default=micro_batch, help="rows per forward/backward (memory, not "
                    "maths); RLSR counts them in whole groups of G rows, at least one group")
@@ -116,7 +120,7 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
                    "settings; only the flags it lists may change")
     g.add_argument("--restart", action="store_true", help="with --resume: start the run over from step 1 when it has "
                    "no checkpoint (otherwise refused)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of prompt order, sampling and init")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (0 = only final/). A checkpoint "
                    "holds the weights and the AdamW state: about 3x the fp32 weights (1.6 GB for the 135M default); "
                    "the newest two are kept")

@@ -401,3 +401,63 @@ def test_eval_judge_that_never_replies_fails_in_bounded_time_before_any_work(ass
         silent.close()
     assert "failed after 2 attempts" in err and time.monotonic() - t0 < 40   # 2 x 1 s + a 1 s wait, plus start-up
     assert not (tmp_path / "eval").exists()
+
+# ---------------------------------------------------------------- curves.png says what was measured
+
+
+def test_curves_draw_a_gap_where_no_sample_terminated():
+    from rlsr.metrics import StepSamples, step_metrics
+    samples = StepSamples(rewards=[0.1, 0.1, 0.2, 0.2], lengths=[4, 4, 4, 4], texts=["a b"] * 4,
+                          references=["a b"] * 4, stopped=[False] * 4)
+    sums = {"tokens": 16.0, "clip_count": 16.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
+            "clip_ratio/region_mean": 0.0, "ratio_mean": 16.0, "kl": 0.0, "loss": 0.0, "entropy": 16.0}
+    m = step_metrics(samples, sums, 2)
+    assert m["completions/mean_terminated_length"] != m["completions/mean_terminated_length"]   # NaN: logged null
+    assert m["monitor/length_reward_corr"] != m["monitor/length_reward_corr"]                   # undefined, not 0
+
+
+def test_held_out_points_are_drawn_with_intervals_and_no_line_between_them(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from rlsr import plot
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.3}) + "\n" for s in (1, 2)))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 0, "reward": 0.6, "rewards": [0.5, 0.7, 0.6]}) + "\n"
+                                         + json.dumps({"step": 2, "reward": 0.7, "rewards": [0.6, 0.8, 0.7]}) + "\n")
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out: figures.append(fig))
+    plot.plot_runs([tmp_path], tmp_path / "curves.png")
+    ax = next(a for a in figures[0].axes if a.get_title() == "held-out reward (greedy)")
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(points) == 1 and points[0].get_linestyle() == "None"          # no line joins the two evaluations
+    bars = [line for line in ax.lines if line.get_marker() != "o"]
+    assert [list(b.get_xdata()) for b in bars] == [[0.0, 0.0], [2.0, 2.0]]  # one 95% interval at each
+    assert all(lo < y < hi for b, y in zip(bars, (0.6, 0.7)) for lo, hi in [sorted(b.get_ydata())])
+
+# ---------------------------------------------------------------- the newcomer's first commands
+
+
+def pins(file):
+    return {line.split("==")[0] for line in (ROOT / file).read_text().splitlines() if "==" in line
+            and not line.startswith("#")}
+
+
+def test_curves_png_needs_only_requirements_txt():
+    assert "matplotlib" in pins("requirements.txt") and "matplotlib" not in pins("requirements-dev.txt")
+
+
+@pytest.mark.parametrize("script, shown", [
+    ("train_rlsr.py", "peak learning rate, in (0, 1] (default: 5e-05)"),
+    ("train_sft.py", "(default: runs/sft)"),
+    ("eval.py", "(default: results/eval)"),
+])
+def test_help_shows_the_defaults(script, shown):
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
+    assert shown in " ".join(out.split())
+
+
+def test_bench_prints_progress_before_its_figure(assets):
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "sample", "--model", str(assets[0]), "--rows", "1",
+                          "--new-tokens", "2", "--repeats", "1", "--device", "cpu"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    assert "loading" in out.stderr and "warm-up" in out.stderr and "timed run 1 of 1" in out.stderr
+    assert out.stdout.splitlines()[-1].startswith("tokens_per_s=")
