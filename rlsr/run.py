@@ -2,7 +2,9 @@
 module writes and reads the files, atomically; what a resume needs is rlsr/training.py's `Trainer.state_dict()`.
 
     RUN_DIR/
-      settings.json                 the run's settings (argparse values), written once the run has started
+      .lock                         held by the process writing the run (rlsr/lock.py); another one is refused
+      settings.json                 the run's settings (argparse values, and data_sha256), written once the run has
+                                    started
       metrics.jsonl                 one record per step ({"step": ..., ...}); strict JSON (null for NaN / inf)
       samples.jsonl, eval.jsonl     other per-step records (same "step" key)
       checkpoints/step-000040/      HF layout (config.json, model.safetensors, tokenizer files) that
@@ -35,9 +37,9 @@ from pathlib import Path
 import torch
 
 from rlsr import distributed
-from rlsr.lock import LOCK_FILE, lock_dir
 from rlsr.checkpoint import (apply_umask, atomic_dir, remove_stale_temporaries, verify_manifest, write_json,
                              write_manifest)
+from rlsr.lock import LOCK_FILE, lock_dir
 
 
 class CheckpointError(RuntimeError):
@@ -274,7 +276,8 @@ class Run:
                                   f"to load it ({str(e).splitlines()[0]})") from None
         self.truncate_logs(state["step"])
         if self.writer:
-            print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
+            print(f"resumed {self.path} from {ckpt.name} (step {state['step']}), training to step "
+                  f"{self.settings.get('steps')}")
         return state
 
 

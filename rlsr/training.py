@@ -25,12 +25,12 @@ from tqdm import tqdm
 
 from rlsr import distributed
 from rlsr.assets import default_policy_path
+from rlsr.checkpoint import verify_manifest
 from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key, records_sha256
 from rlsr.flops import Compute
 from rlsr.lock import LockedError
 from rlsr.model import ModelConfig, Transformer, check_model_dir
 from rlsr.plot import write_curves
-from rlsr.checkpoint import verify_manifest
 from rlsr.run import CheckpointError, Run, space_shortage
 from rlsr.tokenizer import Tokenizer, read_json
 from rlsr.tracking import Trackers, add_tracker_args
@@ -346,7 +346,6 @@ def checkpoint_to_resume(args, d) -> Path | None:
     step = int(found.name.split("-")[1])
     check(args.steps >= step, f"--steps {args.steps} is before the newest checkpoint {found} (step {step}): a resumed "
                               f"run continues from it, so --steps must be >= {step}")
-    speaker(d)(f"resuming {args.resume} from {found.name} (step {step}) to step {args.steps}")
     return found
 
 

@@ -87,11 +87,23 @@ def shutil_final(run):
 
 
 def test_two_fresh_runs_on_one_out_dir_exactly_one_proceeds(assets, tmp_path):
-    run = tmp_path / "run"
+    run, barrier = tmp_path / "run", tmp_path / "barrier"
+    barrier.mkdir()
+    # the widest race: both processes have found the directory empty, then meet (for up to 10 s) just before
+    # writing settings.json
+    meet = ("import os, pathlib, time\nimport rlsr.run\nwrite_json = rlsr.run.write_json\n"
+            "def met(path, obj):\n"
+            "    if pathlib.Path(path).name == 'settings.json':\n"
+            f"        d = pathlib.Path({str(barrier)!r}); (d / str(os.getpid())).touch(); t = time.time()\n"
+            "        while len(list(d.iterdir())) < 2 and time.time() - t < 10: time.sleep(0.01)\n"
+            "    return write_json(path, obj)\n"
+            "rlsr.run.write_json = met")
+    code = (f"import runpy, sys\n{meet}\nsys.argv = {['train_rlsr.py', *rlsr_argv(assets, run, '--no-eval')]!r}\n"
+            f"runpy.run_path({str(ROOT / 'train_rlsr.py')!r}, run_name='__main__')")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "train_rlsr.py"), *rlsr_argv(assets, run, "--no-eval")],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(), p.stderr.read()) for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 2], results
     err = next(e for code, e in results if code == 2)
     assert "is in use by another process (pid " in err or "exists and is not empty" in err
@@ -144,7 +156,7 @@ def test_resume_with_steps_before_the_newest_checkpoint_is_refused(assets, tmp_p
     err = one_error("train_rlsr.py", ["--resume", str(run), "--steps", "2"])
     assert "--steps 2 is before the newest checkpoint" in err and "(step 3)" in err
     out = run_script("train_rlsr.py", ["--resume", str(run), "--steps", "4"]).stdout
-    assert "resuming" in out and "from step-000003 (step 3) to step 4" in out
+    assert "resumed" in out and "from step-000003 (step 3), training to step 4" in out
 
 
 def test_resume_refuses_data_whose_text_changed_but_not_its_count(assets, tmp_path):
