@@ -76,7 +76,7 @@ def _too_big(x) -> bool:
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with a deadline checked at every call, attribute, item, operator and range step, and sizes
+    """The sandbox, with a deadline checked at every call, attribute, item and operator, and sizes
     checked before an operator or a call can build something huge (`'x' * 2000000000`, `s.center(10**9)`) and on
     every value read. Loops whose body touches none of these are stopped by SIGALRM (`_alarm`)."""
     intercepted_binops = frozenset({"*", "**", "+", "%"})
