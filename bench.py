@@ -9,6 +9,7 @@ Defaults use the packaged SmolLM2-135M-Instruct (and all-MiniLM-L6-v2 for rlsr-s
 """
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 
@@ -20,6 +21,7 @@ from rlsr.flops import forward_flops
 from rlsr.model import Transformer
 from rlsr.sampling import SamplingParams, draw_uniforms, generate
 from rlsr.tokenizer import Tokenizer
+from rlsr.training import HelpFormatter
 
 PROMPT = "Give three tips for staying healthy."
 
@@ -68,16 +70,24 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def progress(message: str):
+    """What the benchmark is doing, on stderr as it happens (stdout ends with the figure)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def bench_sample(args):
+    progress(f"loading {args.model or default_policy_path()} ({args.dtype}, {args.device})")
     model, tok = load_policy(args)
     cpu_matmul.enabled = not args.plain_matmul
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
     gen = torch.Generator().manual_seed(0)
     run = lambda n: generate(model, [prompt], SamplingParams(max_new_tokens=n, temperature=1.0, ignore_stop=True),  # noqa: E731
                              tok.stop_ids, args.rows, draw_uniforms(gen, n, args.rows), tok.pad_id, compile=args.compile)
+    progress("warm-up" + (" (compiling)" if args.compile else ""))
     run(args.new_tokens if args.compile else 8)  # warm-up (a compiled step compiles here)
     rates = []
     for i in range(args.repeats):
+        progress(f"timed run {i + 1} of {args.repeats}: {args.rows} rows x {args.new_tokens} tokens")
         with profiled(args.profile and i == 0) as prof:
             sync(model.device)
             t = time.perf_counter()
@@ -121,6 +131,7 @@ def bench_rlsr_step(args):
         if args.compile:
             argv += ["--compile-sampling"]
         cpu_matmul.enabled = not args.plain_matmul
+        progress(f"{args.steps} RLSR steps through train_rlsr.py (the first is a warm-up); its progress bar follows")
         with profiled(args.profile) as prof:
             train_rlsr.main(argv)
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -138,7 +149,7 @@ def bench_rlsr_step(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="HF-layout policy directory or a packaged policy "
@@ -150,12 +161,14 @@ def main():
     common.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU figure (known GPUs: automatic)")
     common.add_argument("--plain-matmul", action="store_true", help="decode without the CPU few-row product "
                         "(rlsr/cpu_matmul.py), to measure what it gains")
-    s = sub.add_parser("sample", parents=[common], help="sampling throughput, one chat prompt, stop tokens ignored")
+    s = sub.add_parser("sample", parents=[common], formatter_class=HelpFormatter,
+                       help="sampling throughput, one chat prompt, stop tokens ignored")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median is reported")
     s.add_argument("--rows", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=128)
-    s = sub.add_parser("rlsr-step", parents=[common], help="seconds per full RLSR step (TRL anchor's workload)")
+    s = sub.add_parser("rlsr-step", parents=[common], formatter_class=HelpFormatter,
+                       help="seconds per full RLSR step (TRL anchor's workload)")
     s.add_argument("--prompts", type=int, default=4)
     s.add_argument("--group", type=int, default=8)
     s.add_argument("--new-tokens", type=int, default=64)

@@ -57,12 +57,13 @@ Held out: without --split, AlpacaEval is evaluated whole (805), or on its test s
 trained on alpaca_eval (read from the settings.json beside its weights), and said so. Whatever the split, AlpacaEval
 prompts a checkpoint was trained on are counted and reported (a WARNING, and a note in results.md).
 
-Robustness: every flag, checkpoint (config.json, safetensors headers and sizes, tokenizer), encoder, judge and data
-file is checked before any work, and nothing is written when a check fails (`error: ...`, exit status 2). An
-existing non-empty --out-dir is refused unless --overwrite (which first removes what an earlier eval.py wrote
-there) or --resume (which skips checkpoints whose per_checkpoint/<name>.json is complete, and refuses, naming the
-flag, if that file was made with other settings; --batch-size, --compare, --judge-workers, --judge-key-env may
-change). Written to --out-dir:
+Robustness: every flag, checkpoint (config.json, safetensors headers and sizes, finite weights, tokenizer), encoder,
+judge (probed: it must reply, and its reply must parse) and data file is checked before any work, and nothing is
+written when a check fails (`error: ...`, exit status 2). An existing non-empty --out-dir is refused unless
+--overwrite (which first removes the files an earlier eval.py wrote there, listed in written.json, and nothing else)
+or --resume (which skips checkpoints whose per_checkpoint/<name>.json is complete and made from the same weights,
+and refuses, naming the flag, if that file was made with other settings; --batch-size, --compare, --judge-workers,
+--judge-key-env, --judge-timeout, --judge-retries may change). Written to --out-dir:
 
     per_checkpoint/<name>.json      one checkpoint's results, written as soon as it is done
     model_outputs/<name>.json       AlpacaEval format (instruction, output, generator, dataset): feed it to the
@@ -77,12 +78,13 @@ change). Written to --out-dir:
                                     compute, ...; plus "paired" differences, "prompts" (filter counts), "settings"
     results.md                      the table (rows = methods, columns = metrics), as printed
     results.png                     every metric per checkpoint with its 95% interval (rlsr/plot.py; needs matplotlib)
+    written.json                    every file above that this script wrote: all that --overwrite removes
+    .lock                           held by the eval.py writing here (another one is refused, naming it)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -97,16 +99,17 @@ from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalErr
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError
 from rlsr.judge import JudgeError
+from rlsr.lock import LOCK_FILE, LockedError, lock_dir
 from rlsr.metrics import Statistic, interval, paired_differences
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval
 from rlsr.report import report
+from rlsr.training import HelpFormatter
 
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
-               "judge_key_env", "encoder")
-WRITTEN = ("per_checkpoint", "model_outputs", "results.json", "results.md", "results.png",
-           *(w for b in BENCHMARKS for w in b.written))
+               "judge_key_env", "encoder", "judge_timeout", "judge_retries")
+WRITTEN_LIST = "written.json"  # every file eval.py wrote into --out-dir: all that --overwrite removes
 
 
 def flag(key: str) -> str:
@@ -114,7 +117,7 @@ def flag(key: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("checkpoints", nargs="+", help=f"HF-layout directories, `base`, or a policy: {', '.join(POLICIES)}")
     ap.add_argument("--names", nargs="+", help="row names (default: derived from the paths)")
@@ -141,11 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bertscore", action="store_true", help="add BERTScore F1 columns (bertscore_<encoder>, each "
                    "--encoders entry's last layer, as the bertscore reward computes it)")
     g = ap.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (greedy)")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts answered together")
     g.add_argument("--chat-template", metavar="FILE", help="jinja chat template for every checkpoint instead of its "
                    "own (e.g. a base model under a chosen format); the judge keeps its own")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = ap.add_argument_group("judge (optional; without one there are no win-rate columns)")
     g.add_argument("--judge", help="a local HF-layout judge checkpoint, run by rlsr's engine")
@@ -153,11 +156,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to --judge-url")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key ('' = none)")
     g.add_argument("--judge-workers", type=int, default=4, help="parallel requests to --judge-url")
+    g.add_argument("--judge-timeout", type=float, default=60.0, help="seconds one request to --judge-url may take")
+    g.add_argument("--judge-retries", type=int, default=4, help="retries of a failed request (timeouts, 429, 5xx), "
+                   "with waits of 1, 2, 4, ... s: a judge that never replies fails after (retries + 1) x timeout + "
+                   "the waits (315 s by default), found before any answer is generated")
     g.add_argument("--arena-hard-judge-max-tokens", type=int, default=16000,
                    help="reply length for Arena-Hard judgments (its judges write their own answer before the "
                         "verdict; arena-hard-auto's v2.0 config uses 16000)")
     g = ap.add_argument_group("output")
-    g.add_argument("--out-dir", default="results/eval")
+    g.add_argument("--out-dir", default="results/eval", help="where the results are written")
     g.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out-dir")
     g.add_argument("--resume", action="store_true", help="keep finished checkpoints of an earlier run in --out-dir")
     g.add_argument("--compare", action="append", default=[], metavar="A:B",
@@ -178,6 +185,9 @@ def check_flags(args) -> list[str]:
                                                 ("judge_workers", 1), ("arena_hard_judge_max_tokens", 1)]:
         if getattr(args, key) < low:
             raise EvalError(f"{flag(key)} must be >= {low}, got {getattr(args, key)}")
+    if not (0.1 <= args.judge_timeout <= 3600 and 0 <= args.judge_retries <= 10):
+        raise EvalError(f"--judge-timeout {args.judge_timeout} must be in [0.1, 3600] s and --judge-retries "
+                        f"{args.judge_retries} in [0, 10]: a judge that never replies must fail in bounded time")
     if all(getattr(args, f"no_{b.name}") for b in BENCHMARKS):
         raise EvalError(f"every benchmark is turned off ({' '.join(flag('no_' + b.name) for b in BENCHMARKS)})")
     if args.overwrite and args.resume:
@@ -243,6 +253,10 @@ def finished(out: Path, ckpt: Checkpoint, settings: dict, prompts: dict[str, lis
                             f"{settings.get(key)!r}; use the same flags, or --overwrite (or another --out-dir)")
     if old_path != str(ckpt.path):
         raise EvalError(f"--resume: {file} holds checkpoint {old_path}, but {ckpt.name} is now {ckpt.path}")
+    if r.get("weights_sha256") != ckpt.weights_sha256:
+        print(f"note: the weights in {ckpt.path} changed since {file} was written (sha256 of the weight files); "
+              f"{ckpt.name} is evaluated again")
+        return False
     if old_prompts != prompts:
         changed = next(b for b in sorted(set(prompts) | set(old_prompts)) if prompts.get(b) != old_prompts.get(b))
         raise EvalError(f"--resume: {file} was evaluated on other {changed} prompts "
@@ -254,9 +268,48 @@ def finished(out: Path, ckpt: Checkpoint, settings: dict, prompts: dict[str, lis
 def prepare_out_dir(args, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out-dir {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (args.overwrite or args.resume):
         raise EvalError(f"--out-dir {out} exists and is not empty: pass --overwrite to replace its results, "
                         "--resume to keep its finished checkpoints, or choose another --out-dir")
+
+
+def files_under(out: Path) -> dict[str, int]:
+    """Every file under --out-dir (relative path -> modification time, ns)."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def written(out: Path) -> list[str]:
+    """What eval.py wrote into --out-dir so far (WRITTEN_LIST): relative paths inside it, nothing else."""
+    try:
+        files = json.loads((out / WRITTEN_LIST).read_text())["files"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return []
+    root = out.resolve()
+    return [f for f in files if isinstance(f, str) and (out / f).resolve().is_relative_to(root)
+            and (out / f).resolve() != root]
+
+
+def record_written(out: Path, before: dict[str, int]):
+    """Add to WRITTEN_LIST every file that is new or changed since `before` (a `files_under` snapshot)."""
+    now = files_under(out)
+    new = {f for f, t in now.items() if before.get(f) != t and f not in (WRITTEN_LIST, LOCK_FILE)}
+    write_json(out / WRITTEN_LIST, {"files": sorted(set(written(out)) | new)})
+
+
+def remove_written(out: Path):
+    """--overwrite: remove exactly the files an earlier eval.py wrote here (WRITTEN_LIST), then the folders that
+    leaves empty; anything else in --out-dir stays, and is said so."""
+    folders = set()
+    for f in written(out):
+        (out / f).unlink(missing_ok=True)
+        folders.update((out / f).parents)
+    (out / WRITTEN_LIST).unlink(missing_ok=True)
+    for d in sorted((d for d in folders if d.is_relative_to(out) and d != out), key=lambda d: -len(d.parts)):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    kept = [f for f in files_under(out) if f != LOCK_FILE]
+    if kept:
+        print(f"--overwrite: kept {len(kept)} file(s) in {out} that eval.py did not write, e.g. {kept[0]}")
 
 
 # ---------------------------------------------------------------- the plan: every check, then one loop
@@ -281,7 +334,7 @@ def prepare(args) -> Plan:
     names = check_flags(args)
     out = Path(args.out_dir)
     prepare_out_dir(args, out)
-    checkpoints = check_checkpoints(args.checkpoints, names, args.chat_template)
+    checkpoints = check_checkpoints(args.checkpoints, names, args.chat_template, args.max_new_tokens)
     benches = load_benchmarks(args, checkpoints)
     overlap = {k: v for b in benches for k, v in b.notes(checkpoints).items()}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)
@@ -322,7 +375,8 @@ def evaluate(ckpt: Checkpoint, plan: Plan) -> dict:
         tqdm.write(f"{ckpt.name}: {note}")
     plan.stats[ckpt.name] = {k: Statistic(v) for k, v in per_item.items()}
     metrics = {k: interval(s) for k, s in plan.stats[ckpt.name].items()}
-    return {"name": ckpt.name, "checkpoint": str(ckpt.path), "compute": ckpt.compute, "metrics": metrics,
+    return {"name": ckpt.name, "checkpoint": str(ckpt.path), "weights_sha256": ckpt.weights_sha256,
+            "compute": ckpt.compute, "metrics": metrics,
             "per_item": per_item, "seconds": time.perf_counter() - t0, "seconds_by_phase": seconds, **extra,
             "notes": notes, "settings": plan.settings, "prompts": {b.name: b.prompts.ids for b in plan.benches}}
 
@@ -335,10 +389,15 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     out = plan.out
+    try:
+        lock_dir(out)                # one eval.py per --out-dir, for this process's life
+        prepare_out_dir(args, out)   # again under the lock: another eval.py may have written it meanwhile
+    except (LockedError, EvalError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.overwrite:
-        for w in WRITTEN:
-            p = out / w
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        remove_written(out)
+    before = files_under(out)
     for d in ("per_checkpoint", "model_outputs"):
         (out / d).mkdir(parents=True, exist_ok=True)
     for b in plan.benches:
@@ -362,6 +421,7 @@ def main(argv=None):
         for c in tqdm(todo, desc="checkpoints", unit="ckpt"):
             r = evaluate(c, plan)
             write_json(out / "per_checkpoint" / f"{c.name}.json", r)
+            record_written(out, before)
             results[c.name] = r
             tqdm.write(f"{c.name}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in r["metrics"].items())
                        + f" ({r['seconds']:.0f} s)")
@@ -382,6 +442,7 @@ def main(argv=None):
     write_json(out / "results.json", {"settings": plan.settings, "prompts": prompts, "results": rows,
                                       "paired": paired})
     chart = plot_eval(out / "results.json", out / "results.png")  # None (said so) without matplotlib
+    record_written(out, before)
     print(md)
     written = (["results.md", "results.json"] + ["results.png"] * bool(chart) + ["per_checkpoint/", "model_outputs/"]
                + [f"{w}/" for b in plan.benches for w in b.written if (out / w).exists()])

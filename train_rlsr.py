@@ -35,7 +35,7 @@ from rlsr.training import check_range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=training.HelpFormatter,
                                  allow_abbrev=False)
     groups = training.common_args(ap, steps=16, lr=5e-5, warmup=2, micro_batch=8, out_dir="runs/rlsr")
     g = groups["model"]
@@ -108,10 +108,11 @@ def main(argv=None):
 
     # ---- data: chat-formatted prompt ids; over-long prompts are left out, and said so
     init = training.init_path(args)
-    tok = training.load_tokenizer(args, init, say)
+    cfg, tok = training.load_init(args, init, say)
+    max_prompt = training.prompt_budget(args, cfg, T_new, "--max-new-tokens")
     train, held_out = training.load_splits(args, say)
-    train, train_ids = training.filter_prompts(tok, train, args.max_prompt_tokens, "train", args.data, say)
-    held_out, held_ids = (training.filter_prompts(tok, held_out[:args.eval_prompts or None], args.max_prompt_tokens,
+    train, train_ids = training.filter_prompts(tok, train, max_prompt, "train", args.data, say)
+    held_out, held_ids = (training.filter_prompts(tok, held_out[:args.eval_prompts or None], max_prompt,
                                                   "held-out", args.eval_data or args.data, say)
                           if held_out else ([], {}))
     sampler = PromptSampler(train, args.prompts_per_step, seed=args.seed)  # the global batch, identical on all ranks
@@ -121,8 +122,10 @@ def main(argv=None):
     policy = training.load_policy(ckpt or init, tok, args, d)
     kl_model = None
     if args.beta > 0:
-        kl_model = training.load_policy(Path(args.kl_model) if args.kl_model else init, tok, args, d,
-                                        training.frozen_dtype(args)).requires_grad_(False)
+        kl_path = Path(args.kl_model) if args.kl_model else init
+        if args.kl_model:
+            training.checked_model(kl_path, "--kl-model", same_vocabulary_as=tok)
+        kl_model = training.load_policy(kl_path, tok, args, d, training.frozen_dtype(args)).requires_grad_(False)
         if args.kl_model_offload:
             kl_model.to("cpu")
     try:
@@ -247,8 +250,8 @@ def main(argv=None):
         trainer.maybe_checkpoint(step)
     bar.close()
 
-    # ---- the end: the final weights, and the held-out evaluation paired with the one at the start
-    final = trainer.finish()
+    # ---- the end: the held-out evaluation paired with the one at the start, then the final weights (written last:
+    # a run whose final/ is intact has finished)
     if held_out:
         first, last = held_out_eval(0), held_out_eval(args.steps, "at the end")
         change = paired_bootstrap_ci(first["rewards"], last["rewards"])
@@ -258,7 +261,7 @@ def main(argv=None):
                           "WARNING: the held-out reward fell (its whole interval is below 0): the policy got worse at "
                           "what it was trained for; check metrics.jsonl (entropy, kl, grad_norm) and lower --lr"
                           if change[2] < 0 else None, change=change[0], change_ci=list(change[1:]))
-    trainer.close(final)
+    trainer.close(trainer.finish())
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from rlsr.training import check_range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=training.HelpFormatter,
                                  allow_abbrev=False)
     groups = training.common_args(ap, steps=25, lr=2e-5, warmup=3, micro_batch=4, out_dir="runs/sft")
     g = groups["data"]
     g.add_argument("--eval-examples", type=int, default=32, help="held-out examples for the loss (0 = all)")
     g.add_argument("--max-seq-len", type=int, default=384, help="examples are cut here (counted as truncated)")
     g.add_argument("--pack", action="store_true", help="pack several examples per row (positions/attention reset)")
-    groups["optimization"].add_argument("--examples-per-step", type=int, default=8)
+    groups["optimization"].add_argument("--examples-per-step", type=int, default=8, help="examples per optimizer step")
     return ap
 
 
@@ -68,7 +68,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     init = training.init_path(args)
-    tok = training.load_tokenizer(args, init, say)
+    _, tok = training.load_init(args, init, say)
     train, held = training.load_splits(args, say)
 
     def prepare(examples, what, source):
@@ -135,12 +135,11 @@ def main(argv=None):
         trainer.maybe_checkpoint(step)
     bar.close()
 
-    final = trainer.finish()
     last = held_out(args.steps, "at the end")
     trainer.summarize(f"held-out loss (n={len(held_tok)} examples): {first['loss']:.4f} -> {last['loss']:.4f} nats/token",
                       "WARNING: the held-out loss rose: the model got worse on held-out references; lower --lr"
                       if last["loss"] > first["loss"] else None)
-    trainer.close(final)
+    trainer.close(trainer.finish())  # final/ last: a run whose final/ is intact has finished
 
 
 if __name__ == "__main__":

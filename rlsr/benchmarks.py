@@ -32,14 +32,15 @@ from tqdm import tqdm
 
 from rlsr import arena_hard, lm_tasks
 from rlsr.assets import ENCODERS, POLICIES, default_policy_path, encoder_path
+from rlsr.checkpoint import weights_digest
 from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, prompt_key
 from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
-from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
+from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate, probe
 from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
 from rlsr.metrics import distinct_n
-from rlsr.model import Transformer
+from rlsr.model import check_model_dir
 from rlsr.reward import REWARDS, Build, Component, RewardConfig
 from rlsr.sampling import SamplingParams, complete
 from rlsr.tokenizer import Tokenizer, read_chat_template
@@ -432,6 +433,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     compute: dict | None
     fingerprint: str     # identifies the tokenizer files (prompt ids are computed once per distinct tokenizer)
+    weights_sha256: str = ""  # identifies the weights (--resume re-evaluates a checkpoint whose weights changed)
 
 
 def tokenizer_fingerprint(path: Path) -> str:
@@ -442,54 +444,63 @@ def tokenizer_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_checkpoint(spec: str, name: str, chat_template: str | None = None) -> Checkpoint:
+def check_checkpoint(spec: str, name: str, chat_template: str | None = None,
+                     max_new_tokens: int | None = None) -> Checkpoint:
     """A checkpoint given on the command line (a directory, `base`, or a packaged policy's name), checked without
-    loading its weights; `chat_template` (jinja source) replaces its own template."""
+    loading its weights as the training scripts check theirs, and its weights finite; `chat_template` (jinja source)
+    replaces its own template; `max_new_tokens` must fit its positions."""
     packaged = spec == "base" or spec in POLICIES
     path = default_policy_path() if spec == "base" else POLICIES[spec]() if packaged else Path(spec).resolve()
     if not path.is_dir():
         raise EvalError(f"checkpoint {name}: {spec} is not a directory (an HF-layout checkpoint, `base`, or a packaged "
                         f"policy: {', '.join(POLICIES)})")
-    if not (path / "config.json").exists():
-        raise EvalError(f"checkpoint {name}: {path / 'config.json'} is missing")
     try:
-        Transformer.check_pretrained(path)  # config and tensor headers, no weights loaded
-    except (ValueError, FileNotFoundError) as e:
+        cfg, tok = check_model_dir(path, chat_template)  # config, tensor headers, tokenizer: as the training scripts
+        digest, nonfinite = weights_digest(path)
+    except ValueError as e:
         raise EvalError(f"checkpoint {name}: {e}") from None
-    try:
-        tok = Tokenizer.from_pretrained(path, chat_template=chat_template)
-        tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
-    except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
-        raise EvalError(f"checkpoint {name}: the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
+    if nonfinite:
+        raise EvalError(f"checkpoint {name}: tensor {nonfinite!r} in {path} holds NaN or inf; its answers would be "
+                        "garbage (a diverged or damaged checkpoint)")
+    if max_new_tokens is not None and max_new_tokens >= cfg.max_position_embeddings:
+        raise EvalError(f"--max-new-tokens {max_new_tokens}: checkpoint {name} has {cfg.max_position_embeddings} "
+                        "positions (max_position_embeddings of its config.json)")
     fingerprint = tokenizer_fingerprint(path)
     if chat_template is not None:  # the same files under another template give other prompt ids
         fingerprint = hashlib.sha256((fingerprint + chat_template).encode()).hexdigest()
-    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint)
+    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint, digest)
 
 
-def check_checkpoints(specs: list[str], names: list[str], chat_template: str | None) -> list[Checkpoint]:
+def check_checkpoints(specs: list[str], names: list[str], chat_template: str | None,
+                      max_new_tokens: int | None = None) -> list[Checkpoint]:
     """eval.py's checkpoints, each under --chat-template FILE when given (read and checked once)."""
     try:
         template = read_chat_template(chat_template) if chat_template else None
     except ValueError as e:
         raise EvalError(f"--chat-template {e}") from None
-    return [check_checkpoint(spec, name, template) for name, spec in zip(names, specs)]
+    return [check_checkpoint(spec, name, template, max_new_tokens) for name, spec in zip(names, specs)]
 
 
 def make_judges(args, device, dtype) -> Judges | None:
+    """The judge the flags name, probed (rlsr.judge.probe) before any answer is generated: it must reply, and its
+    reply must parse."""
     if args.judge_url:
         key = args.judge_key_env or None
-        pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers)
-        arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers,
+        bounds = dict(timeout=args.judge_timeout, retries=args.judge_retries, workers=args.judge_workers)
+        pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds)
+        arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds,
                           max_tokens=args.arena_hard_judge_max_tokens, system_prompt=None)
-        return Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
-    if args.judge:
+        judges = Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
+    elif args.judge:
         ckpt = check_checkpoint(args.judge, "--judge")
         pairwise = LocalJudge.from_pretrained(ckpt.path, dtype=dtype, device=device, system_prompt=SYSTEM_PROMPT)
         arena = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=args.arena_hard_judge_max_tokens,
                            system_prompt=None)
-        return Judges(pairwise, arena, name_of(args.judge), 32)
-    return None
+        judges = Judges(pairwise, arena, name_of(args.judge), 32)
+    else:
+        return None
+    probe(judges.pairwise)
+    return judges
 
 
 

@@ -168,6 +168,22 @@ def sha256_file(path: Path, progress=None) -> str:
     return h.hexdigest()
 
 
+def weights_digest(path: str | Path) -> tuple[str, str | None]:
+    """(sha256 over the weight files' bytes, in name order; the first tensor holding a NaN or inf, or None), read one
+    tensor at a time: what identifies a checkpoint's weights, and whether they are usable."""
+    files = sorted(set(shard_files(Path(path)).values()))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.name.encode() + b"\0" + sha256_file(file).encode())
+    for file in files:
+        with _open(file) as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return h.hexdigest(), name
+    return h.hexdigest(), None
+
+
 def write_manifest(root: Path) -> None:
     """manifest.json: size and sha256 of every other file under `root` (written last, inside the temporary dir)."""
     root = Path(root)

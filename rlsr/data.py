@@ -94,6 +94,11 @@ class Example:
 def _text(value, field: str, where: str, non_empty: bool = False) -> str:
     if not isinstance(value, str) or (non_empty and not value.strip()):
         raise DataError(f"{where}: field {field!r} must be a {'non-empty ' if non_empty else ''}string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800" escape: half of a UTF-16 pair, no character at all
+        raise DataError(f"{where}: field {field!r} holds a lone surrogate {value[e.start]!r} at character {e.start}, "
+                        "which is not text") from None
     return value
 
 
@@ -179,6 +184,14 @@ def _jsonl_line_error(e: json.JSONDecodeError, line: str) -> str:
     return f"invalid JSON ({e.msg} at column {e.colno})"
 
 
+def _json_limit_error(e: Exception) -> str:
+    """JSON that parses in principle but past Python's limits: nesting deeper than the stack, an integer of more than
+    4300 digits (sys.int_info.str_digits_check_threshold)."""
+    if isinstance(e, RecursionError):
+        return "the JSON is nested too deeply to read (records are objects of strings and lists of turns)"
+    return f"a JSON value cannot be read ({str(e).split(';')[0]})"
+
+
 def _json_file_error(e: json.JSONDecodeError, text: str) -> str:
     message = f"invalid JSON ({e.msg} at column {e.colno})"
     if e.msg == "Extra data":  # one complete value, then more: JSON Lines saved as .json?
@@ -205,6 +218,8 @@ def load_jsonl(path: str | Path) -> list[Example]:
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: {_json_file_error(e, text)}") from None
+        except (RecursionError, ValueError) as e:
+            raise DataError(f"{path}: {_json_limit_error(e)}") from None
         if not isinstance(items, list):
             raise DataError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
         if not items:
@@ -221,11 +236,22 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 item = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: {_jsonl_line_error(e, line)}") from None
+            except (RecursionError, ValueError) as e:
+                raise DataError(f"{path}:{n}: {_json_limit_error(e)}") from None
             if isinstance(item, list):
                 raise DataError(f"{path}:{n}: expected a JSON object, got list (a .jsonl file holds one object a "
                                 "line; a file holding one JSON list of records should be named .json)")
             numbered.append((f"{path}:{n}", f"{path.name}:{n}", item))
     return [Example(*parse_record(item, where), id=uid, source=path.name) for where, uid, item in numbered]
+
+
+def records_sha256(examples: Iterable[Example]) -> str:
+    """sha256 of the examples' contents in order (prompt turns and reference; ids excluded): what a resumed run
+    compares to know its data is the data it started on, whatever changed in it."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.messages, ex.reference], ensure_ascii=True).encode() + b"\n")
+    return h.hexdigest()
 
 
 def split_key(instruction: str) -> str:

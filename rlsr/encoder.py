@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 
 from rlsr.checkpoint import shard_files, load_safetensors_dir
-from rlsr.model import ModelConfig, Transformer
+from rlsr.model import ModelConfig, Transformer, check_sizes
 from rlsr.packing import padding_mask, positions_from_mask
 from rlsr.tokenizer import read_json, token_str
 
@@ -77,6 +77,7 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, source: str = "config.json") -> "BertConfig":
+        check_sizes(hf, source)
         if hf.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only exact 'gelu')")
         if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -203,6 +204,7 @@ class MPNetConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, source: str = "config.json") -> "MPNetConfig":
+        check_sizes(hf, source)
         if hf.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only exact 'gelu')")
         buckets = hf.get("relative_attention_num_buckets", MPNET_BUCKETS)

@@ -81,6 +81,11 @@ def parse_verdict(text: str) -> str | None:
     return next(g for g in m.groups() if g).upper() if m else None
 
 
+# Unparseable replies count as ties, but a judge that fails on more than half of them (and more than this many) is
+# an error: its win rate would be mostly made of ties it never gave.
+MAX_UNPARSEABLE = 8
+
+
 def pairwise_win_rate(judge: JudgeFn, instructions: Sequence[str], model_outputs: Sequence[str],
                       reference_outputs: Sequence[str]) -> dict:
     """Judge model vs reference on every instruction, in both orders, in one judge call.
@@ -101,6 +106,11 @@ def pairwise_win_rate(judge: JudgeFn, instructions: Sequence[str], model_outputs
     if len(replies) != 2 * n:
         raise ValueError(f"judge returned {len(replies)} replies for {2 * n} prompts")
     letters = [parse_verdict(r) for r in replies]
+    failed = sum(x is None for x in letters)
+    if failed > max(MAX_UNPARSEABLE, len(letters) // 2):
+        raise JudgeError(f"{failed} of {len(letters)} judge replies are not verdicts (A or B), e.g. "
+                         f"{next(r for r, x in zip(replies, letters) if x is None)[:100]!r}; scoring them as ties "
+                         "would report a win rate of 0.5 that the judge never gave")
     # Order 0 shows the model as A, order 1 as B: map letters to which output was picked.
     picked = {0: {"A": "model", "B": "reference"}, 1: {"A": "reference", "B": "model"}}
     score = {"model": 1.0, "reference": 0.0, None: 0.5}
@@ -152,12 +162,25 @@ class JudgeError(RuntimeError):
     pass
 
 
+def probe(judge: JudgeFn):
+    """Before any answer is generated: the judge must reply to one pairwise prompt with an obvious verdict, and the
+    reply must parse, else JudgeError (a judge that never parses would score every prompt a tie)."""
+    reply = judge([build_judge_prompt("Reply with the single word: yes.", "yes", "I will not answer that.")])[0]
+    if parse_verdict(reply) is None:
+        raise JudgeError(f"the judge's reply to a test prompt is not a verdict (A or B): {reply[:100]!r}; every "
+                         "prompt would score a tie. Check the judge model and its chat template")
+
+
 class HTTPJudge:
     """An OpenAI-compatible chat-completions endpoint (POST {base_url}/chat/completions), stdlib only.
 
     Retries 429, 5xx, timeouts and connection errors `retries` times with exponential backoff (or the server's
-    Retry-After); any other HTTP error fails at once. Errors name the URL and status, never the key.
+    Retry-After, at most 60 s); any other HTTP error fails at once. Errors name the URL and status, never the key.
+    Bounds: each attempt ends after `timeout` seconds however the server trickles its reply, and a reply over
+    MAX_REPLY_BYTES is an error; so one prompt fails within `bound_seconds` (~5 minutes by default), and the first
+    prompt that fails cancels the prompts not yet sent.
     """
+    MAX_REPLY_BYTES = 1 << 24
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1",
                  api_key_env: str | None = "OPENAI_API_KEY", max_tokens: int = 8, timeout: float = 60.0,
@@ -170,9 +193,17 @@ class HTTPJudge:
         self.max_tokens, self.timeout, self.retries, self.backoff = max_tokens, timeout, retries, backoff
         self.workers, self.system_prompt = workers, system_prompt
 
+    @property
+    def bound_seconds(self) -> float:
+        """The longest one prompt can take before it fails: every attempt's timeout and the waits between them."""
+        return (self.retries + 1) * self.timeout + sum(min(self.backoff * 2 ** a, 60.0) for a in range(self.retries))
+
     def __call__(self, prompts: list[Prompt]) -> list[str]:
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.workers))
+        try:
             return list(pool.map(self.complete, prompts))
+        finally:  # after a failure, the prompts not yet sent are not sent
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _request(self, prompt: Prompt) -> urllib.request.Request:
         body = {"model": self.model, "messages": conversation(prompt, self.system_prompt),
@@ -186,10 +217,11 @@ class HTTPJudge:
         """One judge prompt (a user turn or a conversation) -> the reply text."""
         last = ""
         for attempt in range(self.retries + 1):
-            wait = self.backoff * 2 ** attempt
+            wait = min(self.backoff * 2 ** attempt, 60.0)
             try:
+                deadline = time.monotonic() + self.timeout
                 with urllib.request.urlopen(self._request(prompt), timeout=self.timeout) as resp:
-                    return self._content(resp.read())
+                    return self._content(self._read(resp, deadline))
             except urllib.error.HTTPError as e:
                 if e.code != 429 and e.code < 500:
                     # 401/403 bodies may echo part of the key, so only other statuses show the server's message.
@@ -206,6 +238,18 @@ class HTTPJudge:
             if attempt < self.retries:
                 time.sleep(wait)
         raise JudgeError(f"POST {self.url}: failed after {self.retries + 1} attempts, last error {last}")
+
+    def _read(self, resp, deadline: float) -> bytes:
+        """The reply body, read in pieces until `deadline` (socket timeouts alone let a trickling server hold a
+        request forever) and at most MAX_REPLY_BYTES."""
+        body = bytearray()
+        while piece := resp.read1(1 << 16):
+            body += piece
+            if len(body) > self.MAX_REPLY_BYTES:
+                raise JudgeError(f"POST {self.url}: the reply is longer than {self.MAX_REPLY_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the reply took more than {self.timeout:g} s")
+        return bytes(body)
 
     def _content(self, raw: bytes) -> str:
         try:

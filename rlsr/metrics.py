@@ -47,10 +47,11 @@ def copy_fraction(response: str, reference: str, n: int = 4) -> float:
 
 
 def pearson(x, y) -> float:
-    """Pearson correlation; 0 when either side is constant (nothing to correlate)."""
+    """Pearson correlation; NaN (logged null, drawn as a gap) when either side is constant: it is undefined there,
+    and 0 would read as "no correlation"."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return 0.0
+        return math.nan
     return float(np.corrcoef(x, y)[0, 1])
 
 
@@ -244,7 +245,7 @@ def step_metrics(samples: StepSamples, sums: dict[str, float], group_size: int, 
          "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
          "completions/max_length": float(lengths.max()),
          "completions/clipped_ratio": float(1 - stopped.mean()),
-         "completions/mean_terminated_length": float(lengths[stopped].mean()) if stopped.any() else 0.0,
+         "completions/mean_terminated_length": float(lengths[stopped].mean()) if stopped.any() else math.nan,
          "monitor/length_reward_corr": pearson(lengths, samples.rewards),
          "monitor/distinct_2": distinct_n(samples.texts, 2),
          "monitor/copy_fraction_4gram": float(np.mean([copy_fraction(t, r) for t, r in

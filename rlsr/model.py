@@ -54,6 +54,27 @@ FULL, SLIDING = "full_attention", "sliding_attention"
 OPTIONAL_TENSORS = {"lm_head.weight", "model.rotary_emb.inv_freq"}  # a tied checkpoint may store a head copy
 
 
+# Bounds on every size a config.json gives (an untrusted file: a million layers would hang building the model). Each
+# is far above any released checkpoint of these families (Llama-3.1-405B: 126 layers, hidden 16384, MLP 53248, 128
+# heads; Qwen3: 151,936 vocabulary rows; the longest contexts: ~10M positions).
+SIZE_BOUNDS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024,
+               "num_attention_heads": 1024, "num_key_value_heads": 1024, "head_dim": 4096,
+               "max_position_embeddings": 1 << 26, "type_vocab_size": 1024}
+
+
+def check_sizes(hf, source: str):
+    """config.json must be an object whose sizes (those of SIZE_BOUNDS it has) are integers in [1, bound]; a
+    ValueError names the file and the field."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
+    for key, high in SIZE_BOUNDS.items():
+        v = hf.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
+            raise ValueError(f"{source}: {key} {v!r} is not an integer in [1, {high}]")
+
+
 @dataclass
 class ModelConfig:
     family: str                      # "qwen2" | "qwen3" | "llama" | "gemma3"
@@ -87,6 +108,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, source: str = "config.json") -> "ModelConfig":
+        check_sizes(hf, source)
         archs = hf.get("architectures") or []
         family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
         if family is None:
@@ -130,6 +152,9 @@ class ModelConfig:
             if len(layer_types) != n_layers or not set(layer_types) <= {FULL, SLIDING}:
                 raise ValueError(f"{source}: layer_types must list {FULL!r} or {SLIDING!r} for each of the "
                                  f"{n_layers} layers")
+        if heads % (hf.get("num_key_value_heads") or heads) or not (hf.get("head_dim") or hf["hidden_size"] // heads):
+            raise ValueError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads, or "
+                             "hidden_size is smaller than the head count")
         return cls(
             family=family,
             vocab_size=hf["vocab_size"],
@@ -462,3 +487,29 @@ class Transformer(nn.Module):
         for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # transformers 5 writes `dtype`, 4.x `torch_dtype`
             hf[key] = str(dtype).removeprefix("torch.")
         save_safetensors_dir(path, sd, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def check_model_dir(path: str | Path, chat_template: str | None = None):
+    """Everything a script checks in an HF-layout directory before using it, without loading weights: config.json
+    (supported, sizes bounded), the safetensors headers against it (names, shapes, file sizes), the tokenizer and its
+    chat template or `chat_template` (jinja source) instead (which must render a one-turn conversation, under
+    rlsr/tokenizer.py's bounds), and a vocabulary that fits the embedding. Returns (config, tokenizer); a ValueError names the file and what is wrong with it."""
+    from rlsr.tokenizer import Tokenizer
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory (an HF-layout checkpoint)")
+    if not (path / "config.json").exists():
+        raise ValueError(f"{path / 'config.json'} is missing")
+    try:
+        cfg, _ = Transformer.check_pretrained(path)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    try:
+        tok = Tokenizer.from_pretrained(path, chat_template=chat_template)
+        tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    except Exception as e:  # tokenizers and jinja2 raise their own types; any of them means "cannot be used"
+        raise ValueError(f"the tokenizer in {path} does not load: {type(e).__name__}: {e}") from None
+    if tok.vocab_size > cfg.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.vocab_size} tokens, more than the model's vocab_size "
+                         f"{cfg.vocab_size} (config.json)")
+    return cfg, tok

@@ -6,13 +6,15 @@
     python -m rlsr.plot --eval results/eval/results.json -o results.png
 
 Reads RUN_DIR/metrics.jsonl (one record per step) and RUN_DIR/eval.jsonl (held-out records, same "step" key). A
-panel is drawn only for keys some run has; a record without a key, or with null / NaN / a non-number there, is
-simply not a point. An RLSR run is one whose metrics carry `reward`; its `loss` (the clipped policy loss, whose
-value says little) is not drawn, while an SFT run's train and held-out loss share a panel. Colour = run, line style
-= the series within a panel; held-out points have markers.
+panel is drawn only for keys some run has; a record without a key, or with a non-number there, is simply not a
+point, and one with null / NaN there (undefined at that step) is a gap in the line. An RLSR run is one whose
+metrics carry `reward`; its `loss` (the clipped policy loss, whose value says little) is not drawn, while an SFT
+run's train and held-out loss share a panel. Colour = run, line style = the series within a panel; held-out results
+are points, with their 95% bootstrap interval where eval.jsonl keeps the per-prompt values, and no line between
+them.
 
-matplotlib is optional: `write_curves` (called by the training scripts) and `plot_eval` print one line saying how to
-install it and return None without it. Figures are drawn on matplotlib's Agg canvas, never through pyplot, so no
+matplotlib is in requirements.txt (curves.png is a run's own output); in an environment without it, `write_curves`
+(called by the training scripts) and `plot_eval` print one line saying how to install it and return None. Figures are drawn on matplotlib's Agg canvas, never through pyplot, so no
 window or global figure state is involved.
 """
 from __future__ import annotations
@@ -139,14 +141,35 @@ def flops_axis(run: RunLog):
     return at
 
 
+# The per-prompt values an eval.jsonl record keeps beside a held-out metric: its interval is drawn from them.
+PER_ITEM = {"reward": "rewards"}
+
+
 def points(run: RunLog, series: Series, x_of) -> tuple[list[float], list[float]]:
+    """The series' (x, y) points. A step that logged the key as null (undefined there, e.g. the mean length of
+    terminated completions when none terminated) gives y = NaN, so the line has a gap there rather than a 0."""
     xs, ys = [], []
     for r in run.metrics if series.file == "metrics" else run.eval:
         y, x = number(r.get(series.key)), x_of(r["step"])
+        if y is None and series.key in r and (r[series.key] is None or isinstance(r[series.key], float)):
+            y = math.nan
         if y is not None and x is not None:
             xs.append(x)
             ys.append(y)
     return xs, ys
+
+
+def intervals(run: RunLog, series: Series, x_of) -> list[tuple[float, float, float]]:
+    """(x, low, high) of a held-out series' 95% bootstrap interval at each step that kept its per-prompt values."""
+    from rlsr.metrics import bootstrap_ci
+    out = []
+    for r in run.eval:
+        values, x = r.get(PER_ITEM.get(series.key, "")), x_of(r["step"])
+        if (isinstance(values, list) and len(values) > 1 and x is not None
+                and all(number(v) is not None for v in values)):
+            _, low, high = bootstrap_ci(values)
+            out.append((x, low, high))
+    return out
 
 
 def panels_for(runs: list[RunLog]) -> list[Panel]:
@@ -221,9 +244,13 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
                 xs, ys = points(run, s, x_of)
                 if not xs:
                     continue
-                held_out = s.file == "eval"
-                ax.plot(xs, ys, color=colour, linestyle=styles[j % len(styles)], linewidth=1.4,
-                        marker="o" if held_out or len(xs) == 1 else None, markersize=3.5)
+                if s.file == "eval":  # a few evaluations: points with their intervals, no line between them
+                    ax.plot(xs, ys, color=colour, linestyle="none", marker="o", markersize=3.5)
+                    for bx, low, high in intervals(run, s, x_of):
+                        ax.plot([bx, bx], [low, high], color=colour, linewidth=1.2)
+                else:
+                    ax.plot(xs, ys, color=colour, linestyle=styles[j % len(styles)], linewidth=1.4,
+                            marker="o" if len(xs) == 1 else None, markersize=3.5)
                 if panel.band and j == 0:
                     band = [(bx, y, sd) for r in run.metrics if (y := number(r.get(s.key))) is not None
                             and (sd := number(r.get(panel.band))) is not None
@@ -234,8 +261,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
                                         color=colour, alpha=0.15, linewidth=0)
         if len(panel.series) > 1:  # which line style is which series; colours are the figure legend's
             for j, s in enumerate(panel.series):
-                ax.plot([], [], color="0.3", linestyle=styles[j % len(styles)], label=s.label,
-                        marker="o" if s.file == "eval" else None, markersize=3.5)
+                ax.plot([], [], color="0.3", linestyle="none" if s.file == "eval" else styles[j % len(styles)],
+                        label=s.label, marker="o" if s.file == "eval" else None, markersize=3.5)
             ax.legend(fontsize=7, frameon=False)
         ax.set_title(panel.title, fontsize=9)
         ax.tick_params(labelsize=7)

@@ -334,6 +334,10 @@ def build_reward(cfg: RewardConfig, encoder_loader: Callable[[str | None], objec
             raise ValueError(f"{flag} {value}: must be a finite number >= 0")
     if cfg.overlong_cache > 0 and (max_new_tokens is None or cfg.overlong_cache > max_new_tokens):
         raise ValueError(f"--overlong-cache {cfg.overlong_cache} must be at most --max-new-tokens ({max_new_tokens})")
+    if all(w == 0 for _, w in terms) and not ((cfg.overlong_cache > 0 and cfg.overlong_coef > 0)
+                                              or cfg.length_ratio_coef > 0):
+        raise ValueError(f"--reward {cfg.spec!r}: every weight is 0, so every sample's reward is 0 and there is "
+                         "nothing to learn from")
 
     encoders: dict[str | None, object] = {}
 

@@ -2,7 +2,9 @@
 module writes and reads the files, atomically; what a resume needs is rlsr/training.py's `Trainer.state_dict()`.
 
     RUN_DIR/
-      settings.json                 the run's settings (argparse values), written once the run has started
+      .lock                         held by the process writing the run (rlsr/lock.py); another one is refused
+      settings.json                 the run's settings (argparse values, and data_sha256), written once the run has
+                                    started
       metrics.jsonl                 one record per step ({"step": ..., ...}); strict JSON (null for NaN / inf)
       samples.jsonl, eval.jsonl     other per-step records (same "step" key)
       checkpoints/step-000040/      HF layout (config.json, model.safetensors, tokenizer files) that
@@ -37,6 +39,7 @@ import torch
 from rlsr import distributed
 from rlsr.checkpoint import (apply_umask, atomic_dir, remove_stale_temporaries, verify_manifest, write_json,
                              write_manifest)
+from rlsr.lock import LOCK_FILE, lock_dir
 
 
 class CheckpointError(RuntimeError):
@@ -65,11 +68,48 @@ def nbytes(obj) -> int:
     return 0
 
 
+def read_log_lines(path: Path, say=None) -> list[tuple[str, dict]]:
+    """(line, record) of each whole record of a JSONL log. A last line that does not parse as a JSON object was cut
+    by a killed write: it is skipped (and `say` is told). A bad line elsewhere is damage, named with its number."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").split("\n")
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise CheckpointError(f"{path}:{n}: not a JSON record ({e}); the log is damaged") from None
+            if say:
+                say(f"{path}:{n}: dropped a last line cut by a killed write ({len(line)} characters)")
+            continue
+        out.append((line, record))
+    return out
+
+
 def mount_point(path: Path) -> Path:
     path = path.resolve()
     while not os.path.ismount(path):
         path = path.parent
     return path
+
+
+def space_shortage(folder: Path, need: int, what: str, always: bool = False) -> str | None:
+    """The message for a disk without `need` bytes (and 5% to spare) free at `folder` (or the nearest existing folder
+    above it) for `what`; None when they are free (unless `always`)."""
+    folder = Path(folder).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free >= need * 1.05 and not always:
+        return None
+    return (f"no space left on {mount_point(folder)} for {what}: it needs about {need / 1e9:.2f} GB and "
+            f"{free / 1e9:.2f} GB are free")
 
 
 class Run:
@@ -87,16 +127,19 @@ class Run:
     def check_new(path: str | Path):
         """Refuse a directory that already holds something (before any work starts)."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir())):
             raise FileExistsError(f"{path} exists and is not empty; pass --resume {path} to continue it or choose "
                                   "another --out-dir")
 
     @classmethod
     def create(cls, path: str | Path, settings: dict, writer: bool = True) -> "Run":
+        """A new run directory, locked for this process's life (rlsr/lock.py): of two runs started on one --out-dir,
+        one proceeds and the other is refused."""
         run = cls(path, settings, writer)
         if writer:
             cls.check_new(path)
-            run.path.mkdir(parents=True, exist_ok=True)
+            lock_dir(run.path)
+            cls.check_new(path)  # again under the lock: another run may have started between the two
             write_json(run.path / "settings.json", settings)
         return run
 
@@ -106,14 +149,18 @@ class Run:
         if not p.exists():
             raise FileNotFoundError(f"{path}: not a run directory (no settings.json)")
         try:
-            return json.loads(p.read_text())
+            settings = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"{p}: expected a JSON object of the run's settings, got {type(settings).__name__}")
+        return settings
 
     @classmethod
     def open(cls, path: str | Path, settings: dict, writer: bool = True) -> "Run":
         run = cls(path, settings, writer)
         if writer:
+            lock_dir(run.path)  # before anything is touched: another process may be writing this run
             for d in (run.path, run.ckpt_dir):
                 for p in remove_stale_temporaries(d):
                     print(f"removed {p}, left by a write that was killed")
@@ -121,23 +168,35 @@ class Run:
 
     # ---- logs
     def log(self, record: dict, file: str = "metrics.jsonl"):
+        """Append one record as one line. The line goes out in one write() on an O_APPEND descriptor, and a write
+        that fails or is cut short (a full disk) is cut back off the file, so every line a log holds is whole; a
+        line cut by a kill -9 in the middle of a write is the last one, and readers skip it (`read_log_lines`)."""
         if not self.writer:
             return
-        with open(self.path / file, "a") as f:
-            f.write(json.dumps(_finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
-            f.flush()
+        data = (json.dumps(_finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n").encode()
+        fd = os.open(self.path / file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, f"{self.path / file}: short write (no space left?)")
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def read_log(self, file: str = "metrics.jsonl") -> list[dict]:
-        p = self.path / file
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+        return [record for _, record in read_log_lines(self.path / file)]
 
     def truncate_logs(self, step: int):
-        """Drop records of steps after `step` (written by a killed run after its last checkpoint)."""
+        """Drop records of steps after `step` (written by a killed run after its last checkpoint), a last line that a
+        killed write cut (said so), and summary.jsonl's closing line (the resumed run writes its own)."""
         if not self.writer:
             return
         for p in self.path.glob("*.jsonl"):
-            lines = [line for line in p.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", -1) <= step]
+            last = -1 if p.name == "summary.jsonl" else step
+            kept = [line for line, record in read_log_lines(p, say=print) if record.get("step", -1) <= last]
             tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, p)
@@ -145,11 +204,8 @@ class Run:
     # ---- checkpoints
     def _write_dir(self, target: Path, need: int, write):
         """Write a checkpoint-like directory atomically with a manifest, after checking the free space."""
-        where = mount_point(target.parent)
-        free = shutil.disk_usage(target.parent).free
-        message = (f"no space left on {where} for {target.name}: it needs about {need / 1e9:.2f} GB and "
-                   f"{free / 1e9:.2f} GB are free")
-        if free < need * 1.05:
+        message = space_shortage(target.parent, need, target.name)
+        if message:
             raise CheckpointError(message + self._resume_hint())
         try:
             with atomic_dir(target) as tmp:
@@ -157,7 +213,8 @@ class Run:
                 write_manifest(tmp)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(target.parent).free < need:
-                raise CheckpointError(message + self._resume_hint()) from None
+                raise CheckpointError(space_shortage(target.parent, need, target.name, always=True)
+                                      + self._resume_hint()) from None
             raise
 
     def _resume_hint(self) -> str:
@@ -219,7 +276,8 @@ class Run:
                                   f"to load it ({str(e).splitlines()[0]})") from None
         self.truncate_logs(state["step"])
         if self.writer:
-            print(f"resumed {self.path} from {ckpt.name} (step {state['step']})")
+            print(f"resumed {self.path} from {ckpt.name} (step {state['step']}), training to step "
+                  f"{self.settings.get('steps')}")
         return state
 
 

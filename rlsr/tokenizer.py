@@ -14,7 +14,14 @@ that token, so the model never produces what follows it.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
+import re
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -71,9 +78,122 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# A checkpoint's template is untrusted code. Besides the sandbox (no attribute or call outside a safe set), every
+# render is bounded in time and in size: it is stopped after RENDER_SECONDS, and no value it makes or reads, nor its
+# output, may exceed RENDER_CHARS characters (or items). A chat prompt is a few thousand characters; these bounds
+# are far above any real template's needs and far below what would exhaust a machine.
+RENDER_SECONDS = 10.0
+RENDER_CHARS = 1 << 22
+
+
+class TemplateLimitError(ValueError):
+    """A chat template ran past the time or size bound."""
+
+
+def _too_big(x) -> bool:
+    return isinstance(x, (str, bytes, list, tuple, dict)) and len(x) > RENDER_CHARS
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with a deadline checked at every call, attribute, item and operator, and sizes
+    checked before an operator or a call can build something huge (`'x' * 2000000000`, `s.center(10**9)`) and on
+    every value read. Loops whose body touches none of these are stopped by SIGALRM (`_alarm`)."""
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    deadline = math.inf
+
+    def tick(self):
+        if time.monotonic() > self.deadline:
+            raise TemplateLimitError(f"the chat template ran for more than {RENDER_SECONDS:g} s")
+
+    def bounded(self, x):
+        if _too_big(x):
+            raise TemplateLimitError(f"the chat template made a value of more than {RENDER_CHARS} characters or items")
+        return x
+
+    def call_binop(self, context, operator, left, right):
+        self.tick()
+        sized = [x for x in (left, right) if isinstance(x, (str, list, tuple))]
+        counts = [x for x in (left, right) if isinstance(x, int) and not isinstance(x, bool)]
+        if operator == "*" and sized and counts and len(sized[0]) * counts[0] > RENDER_CHARS:
+            raise TemplateLimitError(f"the chat template repeats a value of length {len(sized[0])} {counts[0]} times, "
+                                     f"past the bound of {RENDER_CHARS} characters or items")
+        if operator == "**" and len(counts) == 2 and abs(left) > 1 and right * left.bit_length() > 64 * RENDER_CHARS:
+            raise TemplateLimitError(f"the chat template computes {left} ** {right}, a number too large")
+        if operator == "%" and isinstance(left, str) and re.search(r"\d{7,}", left):
+            raise TemplateLimitError("the chat template formats with a width or precision of a million or more")
+        return self.bounded(super().call_binop(context, operator, left, right))
+
+    def check_args(self, f, args: tuple):
+        self.tick()
+        for a in args:
+            if isinstance(a, int) and not isinstance(a, bool) and abs(a) > RENDER_CHARS:
+                raise TemplateLimitError(f"the chat template calls {getattr(f, '__name__', 'a function')} with the "
+                                         f"number {a}, past the bound of {RENDER_CHARS}")
+
+    def call(__self, __context, __obj, *args, **kwargs):
+        __self.check_args(__obj, (*args, *kwargs.values()))
+        return __self.bounded(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj, attribute):
+        self.tick()
+        return self.bounded(super().getattr(obj, attribute))
+
+    def getitem(self, obj, argument):
+        self.tick()
+        return self.bounded(super().getitem(obj, argument))
+
+
+def _bounded_filter(env: _BoundedEnvironment, f):
+    """A filter whose numeric arguments are bounded and whose result is checked (`"x" | center(10**9)`)."""
+    @functools.wraps(f)  # keeps jinja's pass_context / pass_environment marks
+    def call(*args, **kwargs):
+        env.check_args(f, (*args, *kwargs.values()))
+        return env.bounded(f(*args, **kwargs))
+    return call
+
+
+@contextmanager
+def _alarm(seconds: float):
+    """SIGALRM after `seconds` raises TemplateLimitError in the main thread (elsewhere the deadline alone holds)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TemplateLimitError(f"the chat template ran for more than {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, stop)
+    earlier = signal.setitimer(signal.ITIMER_REAL, seconds)[0]
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if earlier:  # someone else's alarm: give it back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(earlier - seconds, 1e-3))
+
+
+def render_bounded(template: jinja2.Template, **context) -> str:
+    """Render under RENDER_SECONDS and RENDER_CHARS: the output is built piece by piece and stopped once too long."""
+    env = template.environment
+    env.deadline = time.monotonic() + RENDER_SECONDS
+    out, size = [], 0
+    try:
+        with _alarm(RENDER_SECONDS):
+            for piece in template.generate(**context):
+                size += len(piece)
+                if size > RENDER_CHARS:
+                    raise TemplateLimitError(f"the chat template's output passed {RENDER_CHARS} characters")
+                out.append(piece)
+    except RecursionError:
+        raise TemplateLimitError("the chat template recursed too deeply") from None
+    finally:
+        env.deadline = math.inf
+    return "".join(out)
+
+
 def compile_template(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters = {name: _bounded_filter(env, f) for name, f in env.filters.items()}
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     return env.from_string(source)
@@ -178,8 +298,8 @@ class Tokenizer:
         return self.tk.decode_batch([list(r) for r in rows], skip_special_tokens=skip_special_tokens)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     **self.special_tokens)
+        return render_bounded(self._template, messages=messages, add_generation_prompt=add_generation_prompt,
+                              **self.special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
                             return_assistant_mask: bool = False):

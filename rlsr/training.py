@@ -14,6 +14,7 @@ import argparse
 import math
 import random
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,17 +25,19 @@ from tqdm import tqdm
 
 from rlsr import distributed
 from rlsr.assets import BASE_POLICIES, POLICIES, policy_path
-from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key
+from rlsr.checkpoint import verify_manifest
+from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key, records_sha256
 from rlsr.flops import Compute
-from rlsr.model import Transformer
+from rlsr.lock import LockedError
+from rlsr.model import ModelConfig, Transformer, check_model_dir
 from rlsr.plot import write_curves
-from rlsr.run import CheckpointError, Run
+from rlsr.run import CheckpointError, Run, space_shortage
 from rlsr.tokenizer import Tokenizer, read_chat_template, read_json
 from rlsr.tracking import Trackers, add_tracker_args
 
 # Flags a resumed run may change (those a script has): how long it runs, what it writes, and where and in how much
 # memory it computes; every other flag is the run's own (settings.json).
-RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "device", "max_nonfinite_steps",
+RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "restart", "device", "max_nonfinite_steps",
              "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "kl_model_offload")
 
 
@@ -42,6 +45,10 @@ def resumable_flags(ap: argparse.ArgumentParser) -> str:
     """The flags of this parser a resumed run may change, as the user types them."""
     dests = {a.dest for a in ap._actions}
     return ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume" and k in dests)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help: the description as written, and every flag's default."""
 
 
 class UsageError(ValueError):
@@ -56,7 +63,7 @@ def cli(main):
     """Run a script's main() as a command: usage errors become one line on stderr and exit code 2."""
     try:
         main()
-    except (UsageError, DataError, FileExistsError, FileNotFoundError) as e:
+    except (UsageError, DataError, FileExistsError, FileNotFoundError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (TrainingError, CheckpointError) as e:
@@ -104,7 +111,7 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     g.add_argument("--steps", type=int, default=steps, help="optimizer steps")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate, in (0, 1]")
     g.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up of the learning rate, then constant")
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay, in [0, 1]")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     g.add_argument("--micro-batch-size", type=int, default=micro_batch, help="rows per forward/backward (memory, not "
                    "maths); RLSR counts them in whole groups of G rows, at least one group")
@@ -114,7 +121,9 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
     g.add_argument("--out-dir", default=out_dir, help="run directory (must be new or empty)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest intact checkpoint, with its "
                    "settings; only the flags it lists may change")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--restart", action="store_true", help="with --resume: start the run over from step 1 when it has "
+                   "no checkpoint (otherwise refused)")
+    g.add_argument("--seed", type=int, default=0, help="seed of prompt order, sampling and init")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (0 = only final/). A checkpoint "
                    "holds the weights and the AdamW state: about 3x the fp32 weights (1.6 GB for the 135M default); "
                    "the newest two are kept")
@@ -145,6 +154,7 @@ def check_common(args, world: int, batch_flag: str):
     for name in ("save_every", "eval_every", "warmup_steps", "weight_decay"):
         check_range(args, name, 0)
     check_range(args, "lr", 0, 1, low_open=True)
+    check_range(args, "weight_decay", 0, 1)  # decoupled: each step multiplies the weights by 1 - lr x weight decay
     check_range(args, "grad_clip", 0, low_open=True)
     check(getattr(args, batch_flag) % world == 0,
           f"--{batch_flag.replace('_', '-')} {getattr(args, batch_flag)} does not split evenly over {world} ranks")
@@ -158,11 +168,62 @@ def explicit_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> dict:
     return {k: v for k, v in vars(ns).items() if v is not unset}
 
 
+def check_settings(ap: argparse.ArgumentParser, saved, file: Path):
+    """A run's settings.json against this script's flags: an object holding every flag a resumed run keeps, each
+    a value that flag can take (a number for a numeric flag, one of its choices, true/false for a switch)."""
+    for a in ap._actions:
+        if a.dest in RESUMABLE or a.dest == "help" or a.help == argparse.SUPPRESS:
+            continue
+        check(a.dest in saved, f"{file}: no {a.dest!r} (the run's {a.option_strings[0]}); a resumed run keeps its "
+                               "settings, so it cannot take a default for this one")
+        v = saved[a.dest]
+        if a.choices:
+            ok = v in a.choices
+        elif a.type in (int, float):
+            ok = isinstance(v, (int, float) if a.type is float else int) and not isinstance(v, bool)
+        elif isinstance(a.default, bool):
+            ok = isinstance(v, bool)
+        else:
+            ok = True
+        check(ok or (v is None and a.default is None), f"{file}: {a.dest!r} is {v!r}, not a value of "
+                                                       f"{a.option_strings[0]}")
+
+
+def check_writable(path: str | Path):
+    """The directory `path` (or the nearest existing folder above it, where it would be made) must take a new file:
+    tried with a temporary one (permission bits do not tell for root or read-only mounts)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write there ({p}: {e.strerror})") from None
+
+
+def check_environment(args):
+    """--seed and --device, before any process group or device is touched."""
+    check(0 <= args.seed < 2 ** 32, f"--seed {args.seed} must be in [0, 2**32)")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+    check(device.type in ("cpu", "cuda"), f"--device {args.device}: expected cpu or cuda[:N]")
+    if device.type == "cuda":
+        check(torch.cuda.is_available(), f"--device {args.device}: CUDA is not available on this machine")
+        check(device.index is None or device.index < torch.cuda.device_count(),
+              f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA devices")
+
+
 def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse; with --resume, the run's own settings, refusing any other changed flag."""
+    """Parse; with --resume, the run's own settings (checked: `check_settings`), refusing any other changed flag."""
     args = ap.parse_args(argv)
+    check_environment(args)
     if not args.resume:
+        check(not args.restart, "--restart goes with --resume RUN_DIR")
         Run.check_new(args.out_dir)  # fail before any work, not after loading everything
+        check_writable(args.out_dir)
         return args
     try:
         saved = Run.read_settings(args.resume)
@@ -174,6 +235,8 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Names
             raise UsageError(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]} "
                              f"({Path(args.resume) / 'settings.json'}); a resumed run keeps its settings, only "
                              f"{resumable_flags(ap)} may change")
+    check_settings(ap, saved, Path(args.resume) / "settings.json")
+    check_writable(args.resume)
     return argparse.Namespace(**{**vars(args), **saved, **{k: given[k] for k in RESUMABLE if k in given},
                                  "resume": args.resume})
 
@@ -191,24 +254,32 @@ def load_splits(args, say) -> tuple[list, list]:
 
     A built-in data set trains on 'train' and holds out 'test'. A file with --eval-data trains on all of it; a file
     alone is split in two by a hash of each prompt (rlsr/data.py), said so. Held-out prompts that also occur in the
-    training data are reported, never silently used."""
+    training data are reported, never silently used. The sha256 of both sets' records goes into settings.json
+    (`data_sha256`): a resumed run refuses data whose content changed, even by one character."""
     builtin = not Path(args.data).suffix
     train_split, eval_split = splits(args)
     eval_data = args.eval_data or args.data
+    for split, flag in ((train_split, "--train-split"), (eval_split, "--eval-split")):
+        check(split in ("train", "test", "all"), f"{flag} {split!r}: expected train, test or all")
     train = load_dataset(args.data, train_split)
     check(len(train) > 0, f"{args.data} (split {train_split}): no training examples")
     if not builtin and not args.eval_data and not getattr(args, "no_eval", False):
         say(f"note: {args.data}: training on its '{train_split}' split and evaluating on its '{eval_split}' split "
             "(a fixed hash split of the prompts); pass --eval-data FILE to train on all of it")
-    if getattr(args, "no_eval", False):
-        return train, []
-    held = load_dataset(eval_data, eval_split)
-    check(len(held) > 0, f"{eval_data} (split {eval_split}): no held-out examples; pass --eval-data FILE, or --no-eval")
-    seen = {prompt_key(ex) for ex in train}
-    overlap = sum(prompt_key(ex) in seen for ex in held)
-    if overlap:
-        say(f"WARNING: {overlap} of {len(held)} held-out prompts ({eval_data}, {eval_split}) also occur in the training "
-            f"data ({args.data}, {train_split}): the held-out figures are partly measured on training data")
+    held = []
+    if not getattr(args, "no_eval", False):
+        held = load_dataset(eval_data, eval_split)
+        check(len(held) > 0, f"{eval_data} (split {eval_split}): no held-out examples; pass --eval-data FILE, or "
+                             "--no-eval")
+        seen = {prompt_key(ex) for ex in train}
+        overlap = sum(prompt_key(ex) in seen for ex in held)
+        if overlap:
+            say(f"WARNING: {overlap} of {len(held)} held-out prompts ({eval_data}, {eval_split}) also occur in the "
+                f"training data ({args.data}, {train_split}): the held-out figures are partly measured on training data")
+    digest, before = records_sha256(train + held), getattr(args, "data_sha256", None)
+    check(before in (None, digest), f"{args.data}: the data changed since the run started (the sha256 of its records "
+                                    f"is {digest[:12]}..., the run's {str(before)[:12]}...); resume on the same data")
+    args.data_sha256 = digest
     return train, held
 
 
@@ -227,8 +298,9 @@ def init_path(args) -> Path:
     return policy_path(args.init)
 
 
-def load_tokenizer(args, path: Path, say=print) -> Tokenizer:
-    """The --init checkpoint's tokenizer, with --chat-template FILE instead of its own template if given."""
+def load_init(args, path: Path, say=print) -> tuple[ModelConfig, Tokenizer]:
+    """The --init checkpoint's config and tokenizer, through checked_model's checks, with --chat-template FILE instead
+    of its own template if given."""
     if args.init in BASE_POLICIES:
         say(f"{args.init} is a base model: it has never seen the chat format, so most of its first samples run to the "
             "length cap (completions/clipped_ratio near 1) until training teaches it to end its turn")
@@ -236,17 +308,61 @@ def load_tokenizer(args, path: Path, say=print) -> Tokenizer:
         template = read_chat_template(args.chat_template) if args.chat_template else None
     except ValueError as e:
         raise UsageError(f"--chat-template {e}") from None
-    return Tokenizer.from_pretrained(path, chat_template=template)
+    return checked_model(path, "--init", chat_template=template)
+
+
+def checked_model(path: Path, flag: str, same_vocabulary_as: Tokenizer | None = None,
+                  chat_template: str | None = None) -> tuple[ModelConfig, Tokenizer]:
+    """An HF-layout directory given by `flag`, through eval.py's checks (rlsr.model.check_model_dir): its config
+    and tokenizer (under `chat_template`, jinja source, if given). same_vocabulary_as: a tokenizer whose vocabulary
+    it must share (a KL model scores the policy's token ids, so another vocabulary would compare unrelated tokens)."""
+    try:
+        cfg, tok = check_model_dir(path, chat_template)
+    except ValueError as e:
+        raise UsageError(f"{flag} {path}: {e}") from None
+    check(same_vocabulary_as is None or tok.tk.get_vocab() == same_vocabulary_as.tk.get_vocab(),
+          f"{flag} {path}: its tokenizer's vocabulary differs from the policy's; the KL term compares log-probs of "
+          "the same token ids, so both models need one vocabulary")
+    return cfg, tok
+
+
+def prompt_budget(args, cfg: ModelConfig, new_tokens: int, flag: str) -> int:
+    """The longest prompt kept: --max-prompt-tokens, lowered so that a prompt and `new_tokens` fit the model's
+    positions; `new_tokens` alone must fit them (it sizes the sampler's cache)."""
+    positions = cfg.max_position_embeddings
+    check(new_tokens < positions, f"{flag} {new_tokens}: the model has {positions} positions (max_position_embeddings "
+                                  f"of its config.json); at most {positions - 1} new tokens fit after a prompt")
+    if positions - new_tokens < args.max_prompt_tokens:
+        print(f"note: prompts longer than {positions - new_tokens} tokens are left out: the model has {positions} "
+              f"positions, {new_tokens} of them for {flag}")
+    return min(args.max_prompt_tokens, positions - new_tokens)
 
 
 def checkpoint_to_resume(args, d) -> Path | None:
-    """With --resume: the newest intact checkpoint (checked by rank 0, the same on every rank); else None."""
+    """With --resume: the newest intact checkpoint (checked by rank 0, the same on every rank); else None. What
+    cannot be honoured is refused before anything is touched: a run that finished (final/ intact and --steps not
+    raised), --steps before the checkpoint, and a run without a checkpoint unless --restart."""
     if not args.resume:
         return None
-    found = Run(args.resume, {}).intact_checkpoint() if d.main else None
+    run = Run(args.resume, {})
+    final = run.path / "final"
+    if (final / "manifest.json").exists() and verify_manifest(final) is None:
+        done = read_json(final / "settings.json").get("steps")
+        if isinstance(done, int) and args.steps <= done:
+            raise UsageError(f"nothing to resume: the run finished ({done} steps, {final} written); pass a larger "
+                             "--steps to train it further")
+    found = run.intact_checkpoint() if d.main else None
     found = distributed.gather(found, d)[0]
-    if found is None and any((Path(args.resume) / "checkpoints").glob("step-*")):
+    if found is None and any(run.ckpt_dir.glob("step-*")):
         raise TrainingError(f"{args.resume}: no intact checkpoint (every one fails its manifest); start a new run")
+    if found is None:
+        check(args.restart, f"no checkpoint: starting over is refused without --restart ({args.resume} has none to "
+                            f"resume from; --restart trains it again from step 1, replacing its logs)")
+        speaker(d)(f"no checkpoint in {args.resume}: --restart, training again from step 1")
+        return None
+    step = int(found.name.split("-")[1])
+    check(args.steps >= step, f"--steps {args.steps} is before the newest checkpoint {found} (step {step}): a resumed "
+                              f"run continues from it, so --steps must be >= {step}")
     return found
 
 
@@ -294,6 +410,11 @@ class Trainer:
     def __init__(self, args, d, tok: Tokenizer, policy: Transformer, sampler, init: Path):
         self.args, self.d, self.tok, self.policy, self.sampler = args, d, tok, policy, sampler
         self.model = distributed.wrap(policy, d)
+        if d.main:  # the disk must hold what the run writes (final/, and a checkpoint of ~3x the weights) before it trains
+            weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+            what = "final/ and its checkpoints" if args.save_every else "final/"
+            short = space_shortage(Path(args.resume or args.out_dir), weights * (3 if args.save_every else 1), what)
+            check(short is None, f"{short}; free some space or choose another --out-dir")
         self.run = open_run(args, d)                       # only now: every input has been checked
         self.compute = Compute(policy.config, tok.vocab_size, offset=compute_offset(init))
         self.generator = torch.Generator().manual_seed(args.seed)  # the rollout's draws, the same stream on all ranks

@@ -255,11 +255,20 @@ def test_a_benchmark_emptied_by_the_filter_is_named(tiny, tmp_path):
 
 
 def test_out_dir_refusal_resume_and_overwrite(tiny, tmp_path):
+    server = FakeOpenAI()
+    server.reply = fake_reply
+    try:
+        out_dir_refusal_resume_and_overwrite(tiny, tmp_path, ["--judge-url", server.base_url, "--judge-key-env", ""])
+    finally:
+        server.close()
+
+
+def out_dir_refusal_resume_and_overwrite(tiny, tmp_path, judge):
     out = tmp_path / "eval"
-    common = base_args(tiny, out, "--limit", "5", "--no-arena-hard", "--no-ifeval", "--judge", str(tiny["a"]))
+    common = base_args(tiny, out, "--limit", "5", "--no-arena-hard", "--no-ifeval", *judge)
     run_eval([str(tiny["a"]), str(tiny["b"]), "--names", "one", "two", *common])
     per = {n: (out / "per_checkpoint" / f"{n}.json").read_bytes() for n in ("one", "two")}
-    assert "win_rate" in json.loads(per["one"])["metrics"]           # the local judge ran
+    assert "win_rate" in json.loads(per["one"])["metrics"]           # the judge ran
 
     err = run_error([str(tiny["a"]), "--names", "one", *common])
     assert "exists and is not empty" in err and "--overwrite" in err and "--resume" in err

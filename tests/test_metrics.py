@@ -1,4 +1,6 @@
 """Bootstrap intervals on a known distribution, and the reward-hacking monitors on hand-made texts."""
+import math
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def test_monitors_on_hand_made_texts():
     assert copy_fraction("the cat sat on the mat", ref, n=4) == 1.0
     assert copy_fraction("a dog sat on the mat", ref, n=4) == pytest.approx(1 / 3)  # only "sat on the mat" of 3
     assert copy_fraction("short", ref, n=4) == 0.0
-    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 1, 1], [1, 2, 3]) == 0.0
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and math.isnan(pearson([1, 1, 1], [1, 2, 3]))
 
 
 def test_rouge_l_worked_example():

@@ -10,7 +10,7 @@ from conftest import has_package
 from rlsr import plot
 
 needs_matplotlib = pytest.mark.skipif(not has_package("matplotlib"), reason="matplotlib not installed "
-                                      "(pip install -r requirements-dev.txt)")
+                                      "(pip install -r requirements.txt)")
 
 RLSR_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
              "completions/mean_terminated_length", "clip_ratio/low_mean", "clip_ratio/high_mean",
@@ -78,14 +78,14 @@ def test_reward_components_get_a_panel_when_there_are_several(tmp_path):
     assert plot.points(run, panel.series[1], float) == ([1.0, 2.0, 3.0, 4.0], [0.2] * 4)
 
 
-def test_nulls_nans_strings_and_unknown_keys_are_skipped(tmp_path):
+def test_nulls_and_nans_are_gaps_strings_and_unknown_keys_are_skipped(tmp_path):
     extra = {2: {"kl": None, "reward": float("nan"), "new_metric": 3.0, "notes": "text", "nested": {"a": 1}},
              3: {"kl": "0.1", "reward": float("inf"), "entropy": True}}
     run = plot.load_run(rlsr_run(tmp_path / "r", steps=4, extra=extra))
-    xs, ys = plot.points(run, plot.Series("metrics", "kl", ""), float)
-    assert xs == [1.0, 4.0] and ys == pytest.approx([0.004, 0.016], abs=1e-15)
+    xs, ys = plot.points(run, plot.Series("metrics", "kl", ""), float)     # null: a gap; a string: no point
+    assert xs == [1.0, 2.0, 4.0] and ys == pytest.approx([0.004, math.nan, 0.016], abs=1e-15, nan_ok=True)
     xs, ys = plot.points(run, plot.Series("metrics", "reward", ""), float)
-    assert xs == [1.0, 4.0] and ys == pytest.approx([0.32, 0.38], abs=1e-15)
+    assert xs == [1.0, 2.0, 3.0, 4.0] and ys == pytest.approx([0.32, math.nan, math.nan, 0.38], abs=1e-15, nan_ok=True)
     assert plot.points(run, plot.Series("metrics", "entropy", ""), float)[0] == [1.0, 2.0, 4.0]
     assert plot.points(run, plot.Series("eval", "reward", ""), float) == ([0.0, 4.0], [0.6, 0.7])
     assert "new_metric" not in {s.key for p in plot.panels_for([run]) for s in p.series}

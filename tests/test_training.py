@@ -195,8 +195,9 @@ def test_trainer_state_is_not_unpickled(assets, tmp_path):
 
 def test_full_disk_is_named_before_and_during_a_checkpoint(assets, tmp_path):
     small_disk = "import collections, shutil\nshutil.disk_usage = lambda p: collections.namedtuple('U', 'free')(10_000)"
-    err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "a", "--no-eval", steps=1), 1, small_disk)
-    assert re.search(r"no space left on .* for step-000001: it needs about 0\.\d+ GB", err)
+    err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "a", "--no-eval", steps=1), 2, small_disk)
+    assert re.search(r"no space left on .* for final/ and its checkpoints: it needs about 0\.\d+ GB", err)
+    assert not (tmp_path / "a").exists()  # found before training, not after it
     full_disk = ("import errno, torch\n"
                  "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\ntorch.save = full")
     err = script_error("train_rlsr.py", rlsr_argv(assets, tmp_path / "b", "--no-eval", steps=1), 1, full_disk)
