@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlsr import distributed, training
+from rlsr import distributed, lora, training
 from rlsr.assets import encoder_path
 from rlsr.data import PromptSampler
 from rlsr.encoder import Encoder
@@ -76,6 +76,8 @@ def check_args(args, world: int):
         check_range(args, name, 0)
     check_range(args, "epsilon_low", 0, 1)
     check_range(args, "temperature", 0, low_open=True)  # greedy samples are identical: every group would be a tie
+    training.check(not (args.kl_model_offload and args.lora_rank and not args.kl_model), "--kl-model-offload: under "
+                   "--lora-rank the KL model is the policy with its adapters off, there is nothing to offload")
     if args.tis_cap is not None:
         check_range(args, "tis_cap", 1)
 
@@ -119,9 +121,11 @@ def main(argv=None):
 
     # ---- models: policy (trained), KL model (frozen, only if beta > 0), reward (frozen encoders)
     ckpt = training.checkpoint_to_resume(args, d)
-    policy = training.load_policy(ckpt or init, tok, args, d)
+    policy = training.load_trained(init, ckpt, tok, args, d)   # with --lora-rank: frozen, under adapters
     kl_model = None
-    if args.beta > 0:
+    if args.beta > 0 and args.lora_rank and not args.kl_model:
+        kl_model = lora.AdaptersOff(policy)  # the base model is the policy with its adapters off: no second copy
+    elif args.beta > 0:
         kl_model = training.load_policy(Path(args.kl_model) if args.kl_model else init, tok, args, d,
                                         training.frozen_dtype(args)).requires_grad_(False)
         if args.kl_model_offload:

@@ -84,7 +84,7 @@ def main(argv=None):
     sampler = PromptSampler(train, args.examples_per_step, seed=args.seed)  # the global batch, identical on all ranks
 
     ckpt = training.checkpoint_to_resume(args, d)
-    policy = training.load_policy(ckpt or init, tok, args, d)
+    policy = training.load_trained(init, ckpt, tok, args, d)   # with --lora-rank: frozen, under adapters
     trainer = training.Trainer(args, d, tok, policy, sampler, init)   # the run directory: every input was checked
     model = trainer.model
     start = trainer.restore(ckpt)
