@@ -29,6 +29,8 @@ metric was computed, e.g. no win rates without a judge):
     bertscore_<encoder> BERTScore F1 with that encoder's last layer, as bert-score computes it (only with --bertscore)
     rouge_l             ROUGE-L F1 as rouge-score computes it (rlsr/text_metrics.py; no stemmer), encoder-free
     bleu                sentence BLEU / 100 as sacreBLEU's sentence_bleu computes it (rlsr/text_metrics.py)
+    judge               the judge reward: the judge's 1-10 grade of the answer given the question and the reference,
+                        as (grade - 1) / 9 (rlsr/judge_reward.py, its default prompt); only with --judge-reward
     <reward>            every other reward of rlsr/reward.py (REWARDS), under its --reward name
     length              answer length in tokens of the checkpoint's tokenizer (generated tokens, the stop included)
     distinct_2          distinct word bigrams / word bigrams of the answer (1 = no repetition)
@@ -143,6 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to --judge-url")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key ('' = none)")
     g.add_argument("--judge-workers", type=int, default=4, help="parallel requests to --judge-url")
+    g.add_argument("--judge-reward", action="store_true", help="also the column `judge`: the judge grades each "
+                   "AlpacaEval answer 1-10 against the reference (the judge reward of rlsr/judge_reward.py)")
     g.add_argument("--arena-hard-judge-max-tokens", type=int, default=16000,
                    help="reply length for Arena-Hard judgments (its judges write their own answer before the "
                         "verdict; arena-hard-auto's v2.0 config uses 16000)")
@@ -280,6 +284,9 @@ def prepare(args) -> Plan:
         dup = next(k for k in keys if [encoder_key(e) for e in args.encoders].count(k) > 1)
         raise EvalError(f"--encoders {' '.join(args.encoders)}: two encoders would share the column name cosine_{dup}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    judges = make_judges(args, device, dtype)
+    if args.judge_reward and not judges:
+        raise EvalError("--judge-reward grades with the judge: give --judge or --judge-url")
     columns = {}
     if any(b.name == "alpaca_eval" for b in benches):
         encoders = {}
@@ -289,10 +296,11 @@ def prepare(args) -> Plan:
             except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as err:
                 raise EvalError(f"--encoders {e}: {err}") from None
         try:
-            columns = reward_columns(keys, {"bertscore"} if args.bertscore else set(), encoders.__getitem__)
+            asked = {"bertscore"} if args.bertscore else set()
+            columns = reward_columns(keys, asked | ({"judge"} if args.judge_reward else set()), encoders.__getitem__,
+                                     judges.grading if judges else None)
         except ValueError as err:
             raise EvalError(f"--encoders {' '.join(args.encoders)}: {err}") from None
-    judges = make_judges(args, device, dtype)
     for b in benches:
         b.check()
     settings = settings_of(args)

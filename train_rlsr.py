@@ -25,6 +25,7 @@ from rlsr.data import PromptSampler
 from rlsr.encoder import Encoder
 from rlsr.flops import Compute
 from rlsr.grpo import LossConfig, add_algorithm_args, group_advantages, near_ties, policy_loss, row_weights
+from rlsr.judge import JudgeError
 from rlsr.logprobs import rows_logprobs
 from rlsr.metrics import StepSamples, format_ci, paired_bootstrap_ci, step_metrics
 from rlsr.packing import group_batches
@@ -133,8 +134,8 @@ def main(argv=None):
     try:
         reward = build_reward(RewardConfig.from_args(args),
                               lambda name: Encoder.from_pretrained(encoder_path(name), device=device),
-                              T_new, idf_corpus=[ex.reference for ex in train])
-    except ValueError as e:
+                              T_new, idf_corpus=[ex.reference for ex in train], device=device)
+    except (ValueError, JudgeError) as e:
         raise training.UsageError(str(e)) from None
     loss_cfg = LossConfig.from_args(args)
 

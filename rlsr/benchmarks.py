@@ -32,6 +32,7 @@ from rlsr.data import DataError, load_arena_hard, load_dataset, load_ifeval, pro
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
 from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate
+from rlsr.judge_reward import JudgeRewardConfig
 from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
 from rlsr.metrics import distinct_n
 from rlsr.model import Transformer
@@ -62,6 +63,7 @@ class Judges:
     arena_hard: object    # the same model answering Arena-Hard's conversations, with long replies
     name: str             # directory name of its arena-hard-auto judgments
     chunk: int            # prompts per call (a progress step); enough to keep every HTTP worker busy
+    grading: object       # the same model grading one answer against the reference: the `judge` reward column
 
 
 @dataclass
@@ -141,15 +143,16 @@ class Benchmark:
 # ---------------------------------------------------------------- AlpacaEval
 
 
-def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callable[[str], object]
-                   ) -> dict[str, Component]:
+def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callable[[str], object],
+                   judge: object = None) -> dict[str, Component]:
     """Every reward of rlsr/reward.py as a column: <reward>_<key> for each encoder (name or path by column key) when
-    it compares through one, else <reward>; rewards that are not computed by default only when asked."""
+    it compares through one, else <reward>; rewards that are not computed by default only when asked. judge: the
+    backend the judge reward grades with (asked when eval.py has a judge)."""
     wanted = [(name, kind) for name, kind in REWARDS.items() if kind.in_eval or name in asked]
     specs = [(f"{name}_{key}", RewardConfig(spec=name, encoder=e)) for key, e in encoders.items()
              for name, kind in wanted if kind.encoder]
     specs += [(name, RewardConfig(spec=name)) for name, kind in wanted if not kind.encoder]
-    return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of)) for column, cfg in specs}
+    return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of, judge=judge)) for column, cfg in specs}
 
 
 def encoder_key(name: str) -> str:
@@ -398,13 +401,17 @@ def make_judges(args, device, dtype) -> Judges | None:
         pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers)
         arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers,
                           max_tokens=args.arena_hard_judge_max_tokens, system_prompt=None)
-        return Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
+        grading = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, workers=args.judge_workers,
+                            max_tokens=JudgeRewardConfig.max_tokens, system_prompt=None)
+        return Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers), grading)
     if args.judge:
         ckpt = check_checkpoint(args.judge, "--judge")
         pairwise = LocalJudge.from_pretrained(ckpt.path, dtype=dtype, device=device, system_prompt=SYSTEM_PROMPT)
         arena = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=args.arena_hard_judge_max_tokens,
                            system_prompt=None)
-        return Judges(pairwise, arena, name_of(args.judge), 32)
+        grading = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=JudgeRewardConfig.max_tokens,
+                             system_prompt=None)
+        return Judges(pairwise, arena, name_of(args.judge), 32, grading)
     return None
 
 

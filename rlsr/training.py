@@ -26,6 +26,7 @@ from rlsr import distributed, lora
 from rlsr.assets import default_policy_path
 from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key
 from rlsr.flops import Compute
+from rlsr.judge import JudgeError
 from rlsr.model import Transformer
 from rlsr.plot import write_curves
 from rlsr.run import CheckpointError, Run
@@ -59,7 +60,7 @@ def cli(main):
     except (UsageError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (TrainingError, CheckpointError) as e:
+    except (TrainingError, CheckpointError, JudgeError) as e:  # JudgeError: a reward judge failed or did not grade
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
