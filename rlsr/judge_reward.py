@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rlsr.assets import default_policy_path
 from rlsr.judge import HTTPJudge, JudgeError, JudgeFn, LocalJudge
 
 DEFAULT_PROMPT = Path(__file__).parent / "prompts" / "judge_reward.txt"
@@ -81,7 +82,8 @@ class JudgeRewardConfig:
 
 
 def add_judge_reward_args(g: argparse._ArgumentGroup):
-    g.add_argument("--reward-judge", metavar="CKPT", help="--reward judge: a local HF-layout judge checkpoint")
+    g.add_argument("--reward-judge", metavar="CKPT", help="--reward judge: a local HF-layout judge checkpoint ('base': "
+                   "the packaged default policy, a judge for tests only)")
     g.add_argument("--reward-judge-url", metavar="URL", help="--reward judge: an OpenAI-compatible endpoint, e.g. "
                    "http://localhost:8000/v1")
     g.add_argument("--reward-judge-model", default="gpt-4o-mini", help="model name sent to --reward-judge-url")
@@ -139,7 +141,8 @@ def make_backend(cfg: JudgeRewardConfig, device=None, dtype=None) -> JudgeFn:
     if cfg.url:
         return HTTPJudge(cfg.model, base_url=cfg.url, api_key_env=cfg.key_env or None, max_tokens=cfg.max_tokens,
                          timeout=cfg.timeout, workers=cfg.workers, system_prompt=None)
-    return LocalJudge.from_pretrained(cfg.path, dtype=dtype, device=device, max_new_tokens=cfg.max_tokens,
+    path = default_policy_path() if cfg.path == "base" else cfg.path
+    return LocalJudge.from_pretrained(path, dtype=dtype, device=device, max_new_tokens=cfg.max_tokens,
                                       system_prompt=None)
 
 

@@ -5,8 +5,9 @@ in x out, with the base weights frozen.
     train_rlsr.py --lora-rank 16 --lora-targets q_proj,v_proj --save-adapters
 
 A targeted nn.Linear y = x W^T + b becomes y = x W^T + b + s * dropout(x) A^T B^T with A [r, in], B [out, r] and
-s = alpha / r. A starts as nn.Linear's (and PEFT's) Kaiming-uniform draw, B at zero, so at initialisation the
-policy computes exactly what the base model computes. The adapted modules keep their names and their weight and bias
+s = alpha / r. A and B are fp32 whatever the base's dtype (`--dtype bfloat16`: a bf16 frozen base, fp32 adapters and
+AdamW state). A starts as nn.Linear's (and PEFT's) Kaiming-uniform draw, B at zero, so at initialisation the policy
+computes exactly what the base model computes. The adapted modules keep their names and their weight and bias
 (`model.layers.0.self_attn.q_proj.weight`); the adapters are their children `lora_A` and `lora_B`, the names PEFT
 gives them (`...q_proj.lora_A.weight`), so the policy's state dict is the base's plus the adapters'.
 
@@ -101,7 +102,8 @@ class LoRALinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        kw = dict(bias=False, dtype=base.weight.dtype, device=base.weight.device)
+        # fp32 adapters (and so fp32 AdamW state) over a bf16 base: updates of lr x ~1 would vanish in bf16 rounding
+        kw = dict(bias=False, dtype=torch.promote_types(base.weight.dtype, torch.float32), device=base.weight.device)
         self.lora_A = nn.Linear(self.in_features, cfg.rank, **kw)
         self.lora_B = nn.Linear(cfg.rank, self.out_features, **kw)
         a = torch.empty(self.lora_A.weight.shape, dtype=torch.float32)
@@ -123,7 +125,8 @@ class LoRALinear(nn.Linear):
             return y
         if self.dropout and self.training and torch.is_grad_enabled():
             x = F.dropout(x, self.dropout, training=True)
-        return y + self.lora_B(self.lora_A(x)) * self.scaling              # [..., out]
+        delta = self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))) * self.scaling  # [..., out]
+        return y + delta.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.lora_A.out_features}, scaling={self.scaling:g}"

@@ -63,6 +63,18 @@ def test_adapters_off_is_the_base_and_the_merged_weights_are_the_adapter_model(f
             assert (model(ids[:1, :3]) - out[:1, :3]).abs().max() <= 1e-5
 
 
+def test_a_bf16_base_gets_fp32_adapters():
+    base = Transformer.from_pretrained(FIXTURES / "models" / "qwen3", dtype=torch.bfloat16)
+    model = Transformer.from_pretrained(FIXTURES / "models" / "qwen3", dtype=torch.bfloat16)
+    lora.apply(model, lora.LoRAConfig(4))
+    assert {p.dtype for k, p in model.named_parameters() if lora.is_adapter(k)} == {torch.float32}
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), base(ids))                                  # still the base at init
+        lora.adapted(model)[0].lora_B.weight.fill_(0.1)
+        assert model(ids).dtype == torch.bfloat16 and not torch.equal(model(ids), base(ids))
+
+
 def test_targets_by_name_and_a_wrong_name_is_refused():
     model, _ = adapted_model("qwen3", targets="q_proj,v_proj")
     assert sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, lora.LoRALinear)}) == \
