@@ -75,6 +75,22 @@ def test_a_bf16_base_gets_fp32_adapters():
         assert model(ids).dtype == torch.bfloat16 and not torch.equal(model(ids), base(ids))
 
 
+def test_the_readme_lora_figures_hold():
+    """README's LoRA memory figures for Qwen2.5-7B, from its shapes: rank 16 on every projection."""
+    qwen7b = dict(architectures=["Qwen2ForCausalLM"], vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                  num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6,
+                  rope_theta=1e6, max_position_embeddings=32768, tie_word_embeddings=False)
+    from rlsr.model import ModelConfig
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.from_hf(qwen7b))
+        n = sum(p.numel() for p in model.parameters())
+        lora.apply(model, lora.LoRAConfig(16))
+        a = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert round(a / 1e6, 1) == 40.4 and round(100 * a / n, 2) == 0.53   # "40.4 M parameters (0.53%)"
+    assert round(16 * a / 1e9, 2) == 0.65                                  # fp32 weights + grads + AdamW: "0.65 GB"
+    assert round(2 * n / 1e9, 1) == 15.2                                   # the bf16 frozen base: "15.2 GB"
+
+
 def test_targets_by_name_and_a_wrong_name_is_refused():
     model, _ = adapted_model("qwen3", targets="q_proj,v_proj")
     assert sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, lora.LoRALinear)}) == \
