@@ -23,7 +23,6 @@ from rlsr import distributed, lora, training
 from rlsr.assets import encoder_path
 from rlsr.data import PromptSampler
 from rlsr.encoder import Encoder
-from rlsr.flops import Compute
 from rlsr.grpo import LossConfig, add_algorithm_args, group_advantages, near_ties, policy_loss, row_weights
 from rlsr.judge import JudgeError
 from rlsr.logprobs import rows_logprobs
@@ -223,7 +222,7 @@ def main(argv=None):
         laps.lap("update")
 
         # ---- compute and metrics over the whole step (all ranks): rlsr/flops.py, rlsr/metrics.py
-        step_compute = Compute(policy.config, tok.vocab_size)
+        step_compute = trainer.step_compute()
         step_compute.rlsr_step([x.group_lengths(G) for x in draws], rows.group_lengths(G), kl_model is not None,
                                args.num_iterations > 1, args.num_iterations)
         trainer.count(step_compute)

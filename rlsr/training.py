@@ -306,6 +306,7 @@ class Trainer:
         self.args, self.d, self.tok, self.policy, self.sampler = args, d, tok, policy, sampler
         self.model = distributed.wrap(policy, d)
         self.run = open_run(args, d)                       # only now: every input has been checked
+        self.lora = lora.LoRAConfig.from_args(args)        # None: every weight is trained
         self.compute = Compute(policy.config, tok.vocab_size, offset=compute_offset(init))
         self.generator = torch.Generator().manual_seed(args.seed)  # the rollout's draws, the same stream on all ranks
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -318,7 +319,6 @@ class Trainer:
         self.trackers: Trackers | None = None
         self.warned: set[str] = set()
         self.evals: dict[int, dict] = {}                   # held-out results by step
-        self.lora = lora.LoRAConfig.from_args(args)        # None: every weight is trained
         self.adapters = lora.PeftAdapters(policy, self.lora, init) if self.lora else None
 
     # ---- resumable state: everything a resume needs besides the weights
@@ -397,6 +397,10 @@ class Trainer:
             raise TrainingError(f"the weights became non-finite at step {step} (learning rate {self.args.lr}); they "
                                 "are not saved" + self._resume_note())
         return grad_norm, applied
+
+    def step_compute(self) -> Compute:
+        """A step's compute, to count its passes in (their backward passes cost less with frozen weights)."""
+        return Compute(self.policy.config, self.tok.vocab_size, frozen_weights=self.lora is not None)
 
     def count(self, step_compute: Compute):
         """Add a step's (or an evaluation's) counts, every rank's, to the run's compute."""
