@@ -147,7 +147,7 @@ def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callab
                    judge: object = None) -> dict[str, Component]:
     """Every reward of rlsr/reward.py as a column: <reward>_<key> for each encoder (name or path by column key) when
     it compares through one, else <reward>; rewards that are not computed by default only when asked. judge: the
-    backend the judge reward grades with (asked when eval.py has a judge)."""
+    backend the judge reward grades with (asked by eval.py --judge-reward)."""
     wanted = [(name, kind) for name, kind in REWARDS.items() if kind.in_eval or name in asked]
     specs = [(f"{name}_{key}", RewardConfig(spec=name, encoder=e)) for key, e in encoders.items()
              for name, kind in wanted if kind.encoder]

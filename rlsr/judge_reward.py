@@ -8,7 +8,7 @@ reference-guided as MT-Bench's judge grades questions that have one (Zheng et al
 The judge is one of rlsr/judge.py's backends: HTTPJudge (any OpenAI-compatible endpoint: concurrent requests,
 `--reward-judge-workers`, each with a timeout and bounded retries of failed requests, so a call takes bounded time)
 or LocalJudge (greedy, batched, by rlsr's own engine). In eval.py the column `judge` uses eval.py's own judge
-(--judge / --judge-url) with this prompt.
+(--judge / --judge-url) with this prompt, asked for by eval.py --judge-reward.
 
 Prompt. The file `--judge-reward-prompt` (default rlsr/prompts/judge_reward.txt, read it and replace it) is one user
 turn with the fields {question}, {reference} and {answer}, and nothing else in braces. The question is the last user

@@ -14,7 +14,7 @@ reward added to REWARDS is both a `--reward` option and an eval metric. The menu
     rouge_l     ROUGE-L F1 as rouge-score computes it, no stemmer (rlsr/text_metrics.py). In [0, 1].
     bleu        sentence BLEU / 100 as sacrebleu.sentence_bleu computes it (rlsr/text_metrics.py). In [0, 1].
     judge       an LLM judge's 1-10 grade of the answer given the question and the reference, reference-guided as
-                MT-Bench grades, mapped to [0, 1] (rlsr/judge_reward.py; an eval.py column when eval.py has a judge).
+                MT-Bench grades, mapped to [0, 1] (rlsr/judge_reward.py; an eval.py column with --judge-reward).
     weighted sums, `--reward cosine=0.7,rouge_l=0.3`: total = sum of weight x component; every component is
                 logged on its own (`reward/cosine`, `reward/rouge_l`), a weight of 0 logs a component without
                 rewarding it.
