@@ -160,3 +160,16 @@ def test_judge_flags_are_checked_before_anything_is_written(tmp_path):
         "train_rlsr.py", common + ["--reward", "judge", "--reward-judge-url", "http://127.0.0.1:9/v1",
                                    "--reward-judge-key-env", "", "--judge-reward-prompt", str(bad)])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_local_judge_that_gives_no_rating_stops_the_run(tmp_path):
+    """The tiny random policy as a local judge (rlsr's own engine) writes no [[N]]: the run stops at step 1, exit 1."""
+    policy, enc, data = (make_tiny_policy_dir(tmp_path / "p"), make_tiny_bert_dir(tmp_path / "e"),
+                         make_tiny_data(tmp_path / "d.jsonl"))
+    err = script_error("train_rlsr.py", ["--init", str(policy), "--encoder", str(enc), "--data", str(data),
+                                         "--train-split", "all", "--no-eval", "--out-dir", str(tmp_path / "run"),
+                                         "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+                                         "--max-new-tokens", "4", "--reward", "cosine=0.5,judge=0.5", "--reward-judge",
+                                         str(policy), "--reward-judge-max-tokens", "4"], code=1)
+    assert "error: the reward judge's replies to 4 of 4 answers held no rating" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()              # no step was logged with imputed rewards
