@@ -36,7 +36,7 @@ from rlsr.tracking import Trackers, add_tracker_args
 # Flags a resumed run may change (those a script has): how long it runs, what it writes, and where and in how much
 # memory it computes; every other flag is the run's own (settings.json).
 RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "device", "max_nonfinite_steps",
-             "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "kl_model_offload", "save_adapters")
+             "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "save_adapters", "kl_model_offload")
 
 
 def resumable_flags(ap: argparse.ArgumentParser) -> str:
