@@ -7,7 +7,8 @@ reference-guided as MT-Bench's judge grades questions that have one (Zheng et al
 
 The judge is one of rlsr/judge.py's backends: HTTPJudge (any OpenAI-compatible endpoint: concurrent requests,
 `--reward-judge-workers`, each with a timeout and bounded retries of failed requests, so a call takes bounded time)
-or LocalJudge (greedy, batched, by rlsr's own engine). In eval.py the column `judge` uses eval.py's own judge
+or LocalJudge (greedy, batched, by rlsr's own engine). Under torchrun each rank grades its own rows (and loads its
+own local judge). In eval.py the column `judge` uses eval.py's own judge
 (--judge / --judge-url) with this prompt, asked for by eval.py --judge-reward.
 
 Prompt. The file `--judge-reward-prompt` (default rlsr/prompts/judge_reward.txt, read it and replace it) is one user
@@ -24,8 +25,8 @@ reply and a request for the rating alone in the required form, since asking a gr
 gets the same reply. A reply still unparseable after that is counted (`reward/judge_unparsed`, the fraction of the
 call's replies; `reward/judge_retried`, the fraction that needed a second request) and takes the mean of the parsed
 values of the same prompt's answers in the call (its group of G samples; in eval.py, where a prompt has one answer,
-the mean of the call), so that its advantage is about 0: it neither rewards nor punishes a sample the judge did not
-grade, and the group's other samples keep their ranking. Excluding it from the loss would be the exact treatment but
+the mean of the call), so that the judge's term adds about nothing to its advantage: it neither rewards nor punishes
+a sample the judge did not grade, and the group's other samples keep their ranking. Excluding it from the loss would be the exact treatment but
 needs a mask through rollout, advantages and loss for one reward; a fixed value (0, or 0.5) would be a reward the
 judge never gave. When more than `--reward-judge-max-unparsed` of a call's replies (default 0.1) stay unparseable,
 the run stops with an error (its checkpoints intact): the judge is not grading, and a reward made of imputed values
@@ -74,6 +75,17 @@ class JudgeRewardConfig:
         flag = {f.name: "judge_reward_prompt" if f.name == "prompt" else
                 "reward_judge" if f.name == "path" else f"reward_judge_{f.name}" for f in fields(cls)}
         return cls(**{f.name: getattr(args, flag[f.name], getattr(default, f.name)) for f in fields(cls)})
+
+    def check(self):
+        """ValueError naming the flag that is out of range."""
+        for flag, ok in (("--reward-judge-workers", self.workers >= 1), ("--reward-judge-max-tokens", self.max_tokens >= 1),
+                         ("--reward-judge-timeout", math.isfinite(self.timeout) and self.timeout > 0),
+                         ("--reward-judge-retries", self.retries >= 0),
+                         ("--reward-judge-max-unparsed", 0 <= self.max_unparsed < 1)):
+            if not ok:
+                raise ValueError(f"{flag} {getattr(self, flag.removeprefix('--reward-judge-').replace('-', '_'))} is "
+                                 "out of range (workers, max tokens >= 1; timeout > 0; retries >= 0; max unparsed in "
+                                 "[0, 1))")
 
     @property
     def given(self) -> bool:
@@ -151,9 +163,6 @@ class JudgeReward:
     The module docstring gives the prompt, the parsing and what an unparseable reply gets."""
 
     def __init__(self, judge: JudgeFn, template: str, retries: int = 2, max_unparsed: float = 0.1):
-        if retries < 0 or not 0 <= max_unparsed < 1:
-            raise ValueError(f"--reward-judge-retries {retries} must be >= 0 and --reward-judge-max-unparsed "
-                             f"{max_unparsed} in [0, 1)")
         self.judge, self.template, self.retries, self.max_unparsed = judge, template, retries, max_unparsed
 
     def __call__(self, prompts: list[list[dict]], responses: list[str], references: list[str]
@@ -190,7 +199,7 @@ class JudgeReward:
         for p, r, v in zip(prompts, references, values):
             if v is not None:
                 groups.setdefault(json.dumps([p, r]), []).append(v)
-        for i in todo:  # the mean of the same prompt's graded answers: an advantage of about 0
+        for i in todo:  # the mean of the same prompt's graded answers: the judge's term is neutral
             same = groups.get(json.dumps([prompts[i], references[i]]))
             values[i] = sum(same) / len(same) if same else call_mean
         stats = {"reward/judge_unparsed": unparsed / max(n, 1), "reward/judge_retried": len(retried) / max(n, 1)}
@@ -202,9 +211,8 @@ class JudgeReward:
 
 def build(cfg: JudgeRewardConfig, judge: JudgeFn | None = None, device=None) -> JudgeReward:
     """The component the flags describe; `judge`: a backend to use instead of the flags' (eval.py's judge)."""
+    cfg.check()
     template = read_template(cfg.prompt)
     if judge is None:
         judge = make_backend(cfg, device)
-    if not math.isfinite(cfg.max_unparsed):
-        raise ValueError(f"--reward-judge-max-unparsed {cfg.max_unparsed} is not a finite number")
     return JudgeReward(judge, template, cfg.retries, cfg.max_unparsed)

@@ -43,6 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlsr.cpu_matmul import few_row_linear
+
 ALL_LINEAR = "all-linear"
 PEFT_PREFIX = "base_model.model."        # PEFT's key of a module is this + its path in the HF model
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -103,9 +105,12 @@ class LoRALinear(nn.Linear):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
         # fp32 adapters (and so fp32 AdamW state) over a bf16 base: updates of lr x ~1 would vanish in bf16 rounding
-        kw = dict(bias=False, dtype=torch.promote_types(base.weight.dtype, torch.float32), device=base.weight.device)
-        self.lora_A = nn.Linear(self.in_features, cfg.rank, **kw)
-        self.lora_B = nn.Linear(cfg.rank, self.out_features, **kw)
+        kw = dict(bias=False, dtype=torch.promote_types(base.weight.dtype, torch.float32))
+        with torch.device("meta"):  # allocated below, so nn.Linear's own init draws nothing from the global RNG
+            self.lora_A = nn.Linear(self.in_features, cfg.rank, **kw)
+            self.lora_B = nn.Linear(cfg.rank, self.out_features, **kw)
+        self.lora_A.to_empty(device=base.weight.device)
+        self.lora_B.to_empty(device=base.weight.device)
         a = torch.empty(self.lora_A.weight.shape, dtype=torch.float32)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)   # nn.Linear's and PEFT's init
         with torch.no_grad():
@@ -117,7 +122,6 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.few_rows:
-            from rlsr.cpu_matmul import few_row_linear
             y = few_row_linear(x, self.weight, self.bias)                  # [..., out]
         else:
             y = F.linear(x, self.weight, self.bias)                        # [..., out]
