@@ -33,6 +33,8 @@ metric was computed, e.g. no win rates without a judge):
     bertscore_<encoder> BERTScore F1 with that encoder's last layer, as bert-score computes it (only with --bertscore)
     rouge_l             ROUGE-L F1 as rouge-score computes it (rlsr/text_metrics.py; no stemmer), encoder-free
     bleu                sentence BLEU / 100 as sacreBLEU's sentence_bleu computes it (rlsr/text_metrics.py)
+    judge               the judge reward: the judge's 1-10 grade of the answer given the question and the reference,
+                        as (grade - 1) / 9 (rlsr/judge_reward.py, its default prompt); only with --judge-reward
     <reward>            every other reward of rlsr/reward.py (REWARDS), under its --reward name
     length              answer length in tokens of the checkpoint's tokenizer (generated tokens, the stop included)
     distinct_2          distinct word bigrams / word bigrams of the answer (1 = no repetition)
@@ -160,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--judge-retries", type=int, default=4, help="retries of a failed request (timeouts, 429, 5xx), "
                    "with waits of 1, 2, 4, ... s: a judge that never replies fails after (retries + 1) x timeout + "
                    "the waits (315 s by default), found before any answer is generated")
+    g.add_argument("--judge-reward", action="store_true", help="also the column `judge`: the judge grades each "
+                   "AlpacaEval answer 1-10 against the reference (the judge reward of rlsr/judge_reward.py)")
     g.add_argument("--arena-hard-judge-max-tokens", type=int, default=16000,
                    help="reply length for Arena-Hard judgments (its judges write their own answer before the "
                         "verdict; arena-hard-auto's v2.0 config uses 16000)")
@@ -339,8 +343,10 @@ def prepare(args) -> Plan:
     overlap = {k: v for b in benches for k, v in b.notes(checkpoints).items()}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    columns = eval_columns(args, device) if any(b.name == "alpaca_eval" for b in benches) else {}
     judges = make_judges(args, device, dtype)
+    if args.judge_reward and not judges:
+        raise EvalError("--judge-reward grades with the judge: give --judge or --judge-url")
+    columns = eval_columns(args, device, judges) if any(b.name == "alpaca_eval" for b in benches) else {}
     for b in benches:
         b.check()
     settings = settings_of(args)

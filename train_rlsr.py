@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlsr import distributed, training
+from rlsr import distributed, lora, training
 from rlsr.assets import encoder_path
 from rlsr.data import PromptSampler
 from rlsr.encoder import Encoder
-from rlsr.flops import Compute
 from rlsr.grpo import LossConfig, add_algorithm_args, group_advantages, near_ties, policy_loss, row_weights
+from rlsr.judge import JudgeError
 from rlsr.logprobs import rows_logprobs
 from rlsr.metrics import StepSamples, format_ci, paired_bootstrap_ci, step_metrics
 from rlsr.packing import group_batches
@@ -75,6 +75,8 @@ def check_args(args, world: int):
         check_range(args, name, 0)
     check_range(args, "epsilon_low", 0, 1)
     check_range(args, "temperature", 0, low_open=True)  # greedy samples are identical: every group would be a tie
+    training.check(not (args.kl_model_offload and args.lora_rank and not args.kl_model), "--kl-model-offload: under "
+                   "--lora-rank the KL model is the policy with its adapters off, there is nothing to offload")
     if args.tis_cap is not None:
         check_range(args, "tis_cap", 1)
 
@@ -119,9 +121,11 @@ def main(argv=None):
 
     # ---- models: policy (trained), KL model (frozen, only if beta > 0), reward (frozen encoders)
     ckpt = training.checkpoint_to_resume(args, d)
-    policy = training.load_policy(ckpt or init, tok, args, d)
+    policy = training.load_trained(init, ckpt, tok, args, d)   # with --lora-rank: frozen, under adapters
     kl_model = None
-    if args.beta > 0:
+    if args.beta > 0 and args.lora_rank and not args.kl_model:
+        kl_model = lora.AdaptersOff(policy)  # the base model is the policy with its adapters off: no second copy
+    elif args.beta > 0:
         kl_path = Path(args.kl_model) if args.kl_model else init
         if args.kl_model:
             training.checked_model(kl_path, "--kl-model", same_vocabulary_as=tok)
@@ -131,8 +135,8 @@ def main(argv=None):
     try:
         reward = build_reward(RewardConfig.from_args(args),
                               lambda name: Encoder.from_pretrained(encoder_path(name), device=device),
-                              T_new, idf_corpus=[ex.reference for ex in train])
-    except ValueError as e:
+                              T_new, idf_corpus=[ex.reference for ex in train], device=device)
+    except (ValueError, JudgeError) as e:
         raise training.UsageError(str(e)) from None
     loss_cfg = LossConfig.from_args(args)
 
@@ -220,7 +224,7 @@ def main(argv=None):
         laps.lap("update")
 
         # ---- compute and metrics over the whole step (all ranks): rlsr/flops.py, rlsr/metrics.py
-        step_compute = Compute(policy.config, tok.vocab_size)
+        step_compute = trainer.step_compute()
         step_compute.rlsr_step([x.group_lengths(G) for x in draws], rows.group_lengths(G), kl_model is not None,
                                args.num_iterations > 1, args.num_iterations)
         trainer.count(step_compute)

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from rlsr import distributed, training
 from rlsr.data import PromptSampler
-from rlsr.flops import Compute
 from rlsr.sft import Tokenized, num_targets, sft_batches, sft_loss, tokenize_example
 from rlsr.training import check_range
 
@@ -83,7 +82,7 @@ def main(argv=None):
     sampler = PromptSampler(train, args.examples_per_step, seed=args.seed)  # the global batch, identical on all ranks
 
     ckpt = training.checkpoint_to_resume(args, d)
-    policy = training.load_policy(ckpt or init, tok, args, d)
+    policy = training.load_trained(init, ckpt, tok, args, d)   # with --lora-rank: frozen, under adapters
     trainer = training.Trainer(args, d, tok, policy, sampler, init)   # the run directory: every input was checked
     model = trainer.model
     start = trainer.restore(ckpt)
@@ -98,7 +97,7 @@ def main(argv=None):
     bar = tqdm(range(start + 1, args.steps + 1), initial=start, total=args.steps, desc="sft", dynamic_ncols=True,
                disable=not d.main)
     for step in bar:
-        laps, step_compute = training.Laps(), Compute(policy.config, tok.vocab_size)
+        laps, step_compute = training.Laps(), trainer.step_compute()
         examples = [train_tok[ex.id] for ex in distributed.shard(next(sampler), d)]
         mbs = micro_batches(examples, args, d, tok)
         counts = distributed.all_reduce({"targets": num_targets(examples),

@@ -38,6 +38,7 @@ from rlsr.encoder import Encoder
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 from rlsr.ifeval import score_ifeval, write_input_response_data
 from rlsr.judge import SYSTEM_PROMPT, HTTPJudge, LocalJudge, pairwise_win_rate, probe
+from rlsr.judge_reward import JudgeRewardConfig
 from rlsr.lc_win_rate import LC_FOLDS, lc_win_rate
 from rlsr.metrics import distinct_n
 from rlsr.model import check_model_dir
@@ -69,6 +70,7 @@ class Judges:
     arena_hard: object    # the same model answering Arena-Hard's conversations, with long replies
     name: str             # directory name of its arena-hard-auto judgments
     chunk: int            # prompts per call (a progress step); enough to keep every HTTP worker busy
+    grading: object       # the same model grading one answer against the reference: the `judge` reward column
 
 
 @dataclass
@@ -156,19 +158,21 @@ class Benchmark:
 # ---------------------------------------------------------------- AlpacaEval
 
 
-def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callable[[str], object]
-                   ) -> dict[str, Component]:
+def reward_columns(encoders: dict[str, str], asked: set[str], encoder_of: Callable[[str], object],
+                   judge: object = None) -> dict[str, Component]:
     """Every reward of rlsr/reward.py as a column: <reward>_<key> for each encoder (name or path by column key) when
-    it compares through one, else <reward>; rewards that are not computed by default only when asked."""
+    it compares through one, else <reward>; rewards that are not computed by default only when asked. judge: the
+    backend the judge reward grades with (asked by eval.py --judge-reward)."""
     wanted = [(name, kind) for name, kind in REWARDS.items() if kind.in_eval or name in asked]
     specs = [(f"{name}_{key}", RewardConfig(spec=name, encoder=e)) for key, e in encoders.items()
              for name, kind in wanted if kind.encoder]
     specs += [(name, RewardConfig(spec=name)) for name, kind in wanted if not kind.encoder]
-    return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of)) for column, cfg in specs}
+    return {column: REWARDS[cfg.spec].build(Build(cfg, encoder_of, judge=judge)) for column, cfg in specs}
 
 
-def eval_columns(args, device) -> dict[str, Component]:
-    """The reward columns of --encoders (each loaded, on `device`) and --bertscore (`reward_columns`)."""
+def eval_columns(args, device, judges=None) -> dict[str, Component]:
+    """The reward columns of --encoders (each loaded, on `device`), --bertscore and --judge-reward (graded by
+    `judges`) (`reward_columns`)."""
     keys = {encoder_key(e): e for e in args.encoders}
     if len(keys) != len(args.encoders):
         dup = next(k for k in keys if [encoder_key(e) for e in args.encoders].count(k) > 1)
@@ -180,7 +184,8 @@ def eval_columns(args, device) -> dict[str, Component]:
         except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as err:
             raise EvalError(f"--encoders {e}: {err}") from None
     try:
-        return reward_columns(keys, {"bertscore"} if args.bertscore else set(), encoders.__getitem__)
+        asked = ({"bertscore"} if args.bertscore else set()) | ({"judge"} if args.judge_reward else set())
+        return reward_columns(keys, asked, encoders.__getitem__, judges.grading if judges else None)
     except ValueError as err:
         raise EvalError(f"--encoders {' '.join(args.encoders)}: {err}") from None
 
@@ -490,13 +495,17 @@ def make_judges(args, device, dtype) -> Judges | None:
         pairwise = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds)
         arena = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds,
                           max_tokens=args.arena_hard_judge_max_tokens, system_prompt=None)
-        judges = Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers))
+        grading = HTTPJudge(args.judge_model, base_url=args.judge_url, api_key_env=key, **bounds,
+                            max_tokens=JudgeRewardConfig.max_tokens, system_prompt=None)
+        judges = Judges(pairwise, arena, args.judge_model.replace("/", "_"), max(32, 4 * args.judge_workers), grading)
     elif args.judge:
         ckpt = check_checkpoint(args.judge, "--judge")
         pairwise = LocalJudge.from_pretrained(ckpt.path, dtype=dtype, device=device, system_prompt=SYSTEM_PROMPT)
         arena = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=args.arena_hard_judge_max_tokens,
                            system_prompt=None)
-        judges = Judges(pairwise, arena, name_of(args.judge), 32)
+        grading = LocalJudge(pairwise.model, pairwise.tokenizer, max_new_tokens=JudgeRewardConfig.max_tokens,
+                             system_prompt=None)
+        judges = Judges(pairwise, arena, name_of(args.judge), 32, grading)
     else:
         return None
     probe(judges.pairwise)

@@ -42,14 +42,20 @@ class FewRowLinear(nn.Linear):
 
 @contextmanager
 def few_row_matmul(model: nn.Module):
-    """Inside the block, every exact nn.Linear of `model` computes with `few_row_linear` (CPU only, if `enabled`)."""
-    swapped = []
+    """Inside the block, every exact nn.Linear of `model` computes with `few_row_linear` (CPU only, if `enabled`), and
+    so does every layer with a `few_rows` switch (rlsr/lora.py's base product)."""
+    swapped, flagged = [], []
     if enabled and next(model.parameters()).device.type == "cpu":
         swapped = [m for m in model.modules() if type(m) is nn.Linear]
+        flagged = [m for m in model.modules() if hasattr(m, "few_rows")]  # layers with their own forward (LoRA's)
         for m in swapped:
             m.__class__ = FewRowLinear
+        for m in flagged:
+            m.few_rows = True
     try:
         yield model
     finally:
         for m in swapped:
             m.__class__ = nn.Linear
+        for m in flagged:
+            m.few_rows = False

@@ -6,8 +6,10 @@ attention 2 x 2 x heads x head_dim per key the token attends to (scores and the 
 projection 2 x hidden x vocabulary at each position whose logits are computed; the embedding lookup, norms,
 activations and softmax are left out (small); sliding-window layers (Gemma 3) are counted as if they saw every
 earlier key, which overcounts only sequences longer than the window (512 tokens for gemma-3-270m). A backward pass
-costs 2x its forward. Not counted: recomputation under
-gradient checkpointing, and the junk rows a batched decode computes for sequences that have already finished.
+costs 2x its forward: the gradients of the inputs and of the weights; with the weights frozen (LoRA, rlsr/lora.py)
+the weight products cost 1x (no weight gradients) while attention still costs 2x, and the adapters' own products
+(2 x rank x (in + out) per token and module) are left out. Not counted: recomputation under gradient checkpointing,
+and the junk rows a batched decode computes for sequences that have already finished.
 
 What each kind of pass attends to:
     a sequence of n tokens, causal                      n (n + 1) / 2 query-key pairs
@@ -27,12 +29,16 @@ def block_matmul_params(cfg) -> int:
     return cfg.num_hidden_layers * (attn + mlp)
 
 
-def forward_flops(cfg, tokens: int, pairs: int, logits: int, vocab: int | None = None) -> int:
-    """One forward pass over `tokens` tokens with `pairs` query-key pairs and logits at `logits` positions."""
+def forward_parts(cfg, tokens: int, pairs: int, logits: int, vocab: int | None = None) -> tuple[int, int]:
+    """One forward pass over `tokens` tokens with `pairs` query-key pairs and logits at `logits` positions: the FLOPs
+    of its products with weights, and those of attention."""
     vocab = cfg.vocab_size if vocab is None else vocab
-    return (2 * block_matmul_params(cfg) * tokens
-            + 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * pairs
-            + 2 * cfg.hidden_size * vocab * logits)
+    weights = 2 * block_matmul_params(cfg) * tokens + 2 * cfg.hidden_size * vocab * logits
+    return weights, 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * pairs
+
+
+def forward_flops(cfg, tokens: int, pairs: int, logits: int, vocab: int | None = None) -> int:
+    return sum(forward_parts(cfg, tokens, pairs, logits, vocab))
 
 
 def causal_pairs(n: int) -> int:
@@ -46,14 +52,16 @@ class Compute:
     checkpoint the run started from (its compute.json), so SFT -> RLSR reports the compute of both stages.
     """
 
-    def __init__(self, cfg, vocab: int | None = None, offset: float = 0.0):
-        self.cfg, self.vocab, self.offset = cfg, vocab, offset
+    def __init__(self, cfg, vocab: int | None = None, offset: float = 0.0, frozen_weights: bool = False):
+        self.cfg, self.vocab, self.offset, self.frozen_weights = cfg, vocab, offset, frozen_weights
         self.flops: dict[str, float] = defaultdict(float)
         self.tokens: dict[str, int] = defaultdict(int)
 
     def add(self, phase: str, tokens: int, pairs: int, logits: int, with_backward: bool = False):
-        f = forward_flops(self.cfg, tokens, pairs, logits, self.vocab)
-        self.flops[phase] += 3 * f if with_backward else f
+        weights, attention = forward_parts(self.cfg, tokens, pairs, logits, self.vocab)
+        if with_backward:
+            weights, attention = (2 if self.frozen_weights else 3) * weights, 3 * attention
+        self.flops[phase] += weights + attention
         self.tokens[phase] += tokens
 
     def sampling(self, prompt_lengths: list[int], completion_lengths: list[list[int]], phase: str = "rollout"):

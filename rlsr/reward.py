@@ -13,6 +13,8 @@ reward added to REWARDS is both a `--reward` option and an eval metric. The menu
     bertscore   BERTScore F1 as bert-score computes it (rlsr/text_metrics.py). In [-1, 1].
     rouge_l     ROUGE-L F1 as rouge-score computes it, no stemmer (rlsr/text_metrics.py). In [0, 1].
     bleu        sentence BLEU / 100 as sacrebleu.sentence_bleu computes it (rlsr/text_metrics.py). In [0, 1].
+    judge       an LLM judge's 1-10 grade of the answer given the question and the reference, reference-guided as
+                MT-Bench grades, mapped to [0, 1] (rlsr/judge_reward.py; an eval.py column with --judge-reward).
     weighted sums, `--reward cosine=0.7,rouge_l=0.3`: total = sum of weight x component; every component is
                 logged on its own (`reward/cosine`, `reward/rouge_l`), a weight of 0 logs a component without
                 rewarding it.
@@ -34,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from rlsr import judge_reward
+from rlsr.judge import JudgeFn
+from rlsr.judge_reward import JudgeRewardConfig, add_judge_reward_args
 from rlsr.text_metrics import BERTScore, PairMetric, check_pairs, idf_weights, read_baseline, rouge_l, sentence_bleu
 
 Prompt = list  # a chat conversation before the answer: [{"role": ..., "content": ...}, ...]
@@ -211,6 +216,8 @@ class Build:
     cfg: RewardConfig
     encoder: Callable[[str | None], object]   # an Encoder by name or path (None: the packaged MiniLM), loaded once
     idf_corpus: list[str] | None = None       # the training references (BERTScore's idf)
+    judge: JudgeFn | None = None              # a judge backend to grade with (eval.py's); None: --reward-judge-*'s
+    device: object = None                     # where a local judge runs
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,7 @@ REWARDS: dict[str, RewardKind] = {
     "bertscore": RewardKind(_bertscore, encoder=True, in_eval=False),
     "rouge_l": RewardKind(lambda b: ReferenceOnly(PairMetric(rouge_l))),
     "bleu": RewardKind(lambda b: ReferenceOnly(PairMetric(sentence_bleu))),
+    "judge": RewardKind(lambda b: judge_reward.build(b.cfg.judge_reward, b.judge, b.device), in_eval=False),
 }
 
 
@@ -276,6 +284,7 @@ class RewardConfig:
     bertscore_layer: int | None = None          # --bertscore-layer: HF hidden_states index, None = last
     bertscore_idf: bool = False                 # --bertscore-idf
     bertscore_baseline: str | None = None       # --bertscore-baseline: a number or a bert-score baseline file
+    judge_reward: JudgeRewardConfig = field(default_factory=JudgeRewardConfig)  # --reward-judge-* flags
     overlong_cache: int = 0                     # --overlong-cache (policy tokens; 0 = off)
     overlong_coef: float = 1.0                  # --overlong-coef
     length_ratio_coef: float = 0.0              # --length-ratio-coef (0 = off)
@@ -286,7 +295,7 @@ class RewardConfig:
     def from_args(cls, args: argparse.Namespace) -> "RewardConfig":
         default = cls()
         return cls(**{f.name: getattr(args, cls.FLAGS.get(f.name, f.name), getattr(default, f.name))
-                      for f in fields(cls)})
+                      for f in fields(cls) if f.name != "judge_reward"}, judge_reward=JudgeRewardConfig.from_args(args))
 
 
 def add_reward_args(parser: argparse.ArgumentParser):
@@ -309,13 +318,15 @@ def add_reward_args(parser: argparse.ArgumentParser):
                    "as DAPO adds it)")
     g.add_argument("--length-ratio-coef", type=float, default=0.0, metavar="C", help="add -C * max(0, words(response) / "
                    "words(reference) - 1) (default 0 = off)")
+    add_judge_reward_args(g)
     return g
 
 
 def build_reward(cfg: RewardConfig, encoder_loader: Callable[[str | None], object], max_new_tokens: int | None = None,
-                 idf_corpus: list[str] | None = None) -> Reward:
+                 idf_corpus: list[str] | None = None, device=None) -> Reward:
     """The Reward `cfg` describes. encoder_loader(name or path) -> Encoder, called once per distinct encoder;
-    max_new_tokens: the sampler's cap (the overlong term's L_max); idf_corpus: the references idf counts over."""
+    max_new_tokens: the sampler's cap (the overlong term's L_max); idf_corpus: the references idf counts over;
+    device: where a local judge runs."""
     terms = parse_spec(cfg.spec)
     names = [name for name, _ in terms]
     if "bertscore" not in names:
@@ -325,6 +336,8 @@ def build_reward(cfg: RewardConfig, encoder_loader: Callable[[str | None], objec
             if value != default]
         if unused:
             raise ValueError(f"{', '.join(unused)} given, but --reward {cfg.spec!r} has no bertscore")
+    if "judge" not in names and cfg.judge_reward.given:
+        raise ValueError(f"--reward-judge* / --judge-reward-prompt given, but --reward {cfg.spec!r} has no judge")
     uses_encoder = any(REWARDS[n].encoder and not (n == "bertscore" and cfg.bertscore_encoder) for n in names)
     if cfg.encoder is not None and not uses_encoder:
         raise ValueError(f"--encoder {cfg.encoder} given, but --reward {cfg.spec!r} uses no sentence encoder")
@@ -346,7 +359,7 @@ def build_reward(cfg: RewardConfig, encoder_loader: Callable[[str | None], objec
             encoders[name] = encoder_loader(name)
         return encoders[name]
 
-    build = Build(cfg, encoder, idf_corpus)
+    build = Build(cfg, encoder, idf_corpus, device=device)
     length = None
     if cfg.overlong_cache > 0 or cfg.length_ratio_coef > 0:
         length = LengthTerm(max_new_tokens, cfg.overlong_cache, cfg.overlong_coef, cfg.length_ratio_coef)

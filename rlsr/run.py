@@ -16,6 +16,10 @@ module writes and reads the files, atomically; what a resume needs is rlsr/train
                                     (size and sha256 of every file)
       checkpoints/LATEST            name of the newest complete checkpoint
       final/                        the last weights, HF layout (+ compute.json, manifest.json)
+      adapters/                     a LoRA run's final adapters in PEFT's layout, with --save-adapters
+
+A LoRA run's checkpoints hold its adapters in PEFT's layout (adapter_config.json, adapter_model.safetensors) in
+place of the weights; its final/ holds the merged weights (rlsr/lora.py).
 
 A checkpoint directory appears only when complete (written under a temporary name, then renamed), and LATEST is
 replaced atomically after it, so a run killed at any instant resumes from a complete checkpoint. On resume the
@@ -243,12 +247,14 @@ class Run:
             shutil.rmtree(old)
         return self.ckpt_dir / name
 
-    def save_final(self, model, tokenizer, state_dict: dict, extra_json: dict[str, dict] | None = None) -> Path:
-        """The last weights in HF layout at RUN_DIR/final (every rank calls it, like save_checkpoint)."""
+    def save_final(self, model, tokenizer, state_dict: dict, extra_json: dict[str, dict] | None = None,
+                   name: str = "final") -> Path:
+        """The last weights in HF layout at RUN_DIR/final (every rank calls it, like save_checkpoint); `name`: another
+        directory of the run (a LoRA run's adapters)."""
         if self.writer:
-            self._write_dir(self.path / "final", nbytes(state_dict),
+            self._write_dir(self.path / name, nbytes(state_dict),
                             lambda tmp: save_model(tmp, model, tokenizer, self.settings, state_dict, extra_json))
-        return self.path / "final"
+        return self.path / name
 
     def latest_checkpoint(self) -> Path | None:
         latest = self.ckpt_dir / "LATEST"
@@ -283,7 +289,8 @@ class Run:
 
 def save_model(path: Path, model, tokenizer, settings: dict | None = None, state_dict=None,
                extra_json: dict[str, dict] | None = None):
-    """HF layout: weights + config.json + tokenizer files (+ the run's settings): a valid --init for the scripts."""
+    """HF layout: weights + config.json + tokenizer files (+ the run's settings): a valid --init for the scripts.
+    `model` is anything with save_pretrained(path, state_dict=...): a Transformer, or rlsr/lora.py's PeftAdapters."""
     distributed.unwrap(model).save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     # every stop id, so generation elsewhere (transformers, vLLM) stops where rlsr's sampler did

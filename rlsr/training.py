@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rlsr import distributed
+from rlsr import distributed, lora
 from rlsr.assets import BASE_POLICIES, POLICIES, policy_path
 from rlsr.checkpoint import verify_manifest
 from rlsr.data import DataError, chat_prompts, load_dataset, prompt_key, records_sha256
 from rlsr.flops import Compute
+from rlsr.judge import JudgeError
 from rlsr.lock import LockedError
 from rlsr.model import ModelConfig, Transformer, check_model_dir
 from rlsr.plot import write_curves
@@ -38,7 +39,7 @@ from rlsr.tracking import Trackers, add_tracker_args
 # Flags a resumed run may change (those a script has): how long it runs, what it writes, and where and in how much
 # memory it computes; every other flag is the run's own (settings.json).
 RESUMABLE = ("steps", "save_every", "eval_every", "sample_every", "resume", "restart", "device", "max_nonfinite_steps",
-             "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "kl_model_offload")
+             "wandb", "tensorboard", "micro_batch_size", "grad_checkpointing", "save_adapters", "kl_model_offload")
 
 
 def resumable_flags(ap: argparse.ArgumentParser) -> str:
@@ -66,7 +67,7 @@ def cli(main):
     except (UsageError, DataError, FileExistsError, FileNotFoundError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (TrainingError, CheckpointError) as e:
+    except (TrainingError, CheckpointError, JudgeError) as e:  # JudgeError: a reward judge failed or did not grade
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -129,6 +130,7 @@ def common_args(ap: argparse.ArgumentParser, *, steps: int, lr: float, warmup: i
                    "the newest two are kept")
     g.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0 = start and end)")
     add_tracker_args(ap)
+    lora.add_lora_args(ap)
     return groups
 
 
@@ -159,6 +161,10 @@ def check_common(args, world: int, batch_flag: str):
     check(getattr(args, batch_flag) % world == 0,
           f"--{batch_flag.replace('_', '-')} {getattr(args, batch_flag)} does not split evenly over {world} ranks")
     check(not (args.amp and args.dtype != "float32"), "--amp keeps fp32 weights; use it with --dtype float32")
+    try:
+        lora.LoRAConfig.from_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def explicit_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> dict:
@@ -373,6 +379,26 @@ def load_policy(path: Path, tok: Tokenizer, args, d, dtype: torch.dtype | None =
     return policy
 
 
+def load_trained(init: Path, ckpt: Path | None, tok: Tokenizer, args, d) -> Transformer:
+    """The policy a run trains: the checkpoint's weights on resume, else --init's. With --lora-rank: --init's weights,
+    frozen, under adapters (rlsr/lora.py), fresh or, on resume, the checkpoint's."""
+    cfg = lora.LoRAConfig.from_args(args)
+    if cfg is None:
+        return load_policy(ckpt or init, tok, args, d)
+    policy = load_policy(init, tok, args, d)
+    try:
+        lora.apply(policy, cfg, seed=args.seed)
+    except ValueError as e:  # --lora-targets naming no module of this model
+        raise UsageError(str(e)) from None
+    if ckpt is not None:
+        try:
+            lora.load_adapters(policy, ckpt, cfg)
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"--resume: {e}") from None
+    speaker(d)(lora.describe(policy, cfg))
+    return policy
+
+
 def frozen_dtype(args) -> torch.dtype:
     """dtype of a frozen model (the KL model): bf16 under --amp, where only the trained policy needs fp32 master
     weights (half the memory and, with offloading, half the traffic); else the run's --dtype."""
@@ -416,6 +442,7 @@ class Trainer:
             short = space_shortage(Path(args.resume or args.out_dir), weights * (3 if args.save_every else 1), what)
             check(short is None, f"{short}; free some space or choose another --out-dir")
         self.run = open_run(args, d)                       # only now: every input has been checked
+        self.lora = lora.LoRAConfig.from_args(args)        # None: every weight is trained
         self.compute = Compute(policy.config, tok.vocab_size, offset=compute_offset(init))
         self.generator = torch.Generator().manual_seed(args.seed)  # the rollout's draws, the same stream on all ranks
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -428,11 +455,13 @@ class Trainer:
         self.trackers: Trackers | None = None
         self.warned: set[str] = set()
         self.evals: dict[int, dict] = {}                   # held-out results by step
+        self.adapters = lora.PeftAdapters(policy, self.lora, init) if self.lora else None
 
     # ---- resumable state: everything a resume needs besides the weights
     def state_dict(self) -> dict:
         """Tensors and plain values only (loaded with weights_only=True). Collective under FSDP: every rank calls it.
-        The trained weights are not here: checkpoints hold them in HF layout (`_weights`), and so will adapters."""
+        The trained weights are not here: checkpoints hold them in HF layout (`_weights`), or a LoRA run's adapters
+        in PEFT's layout."""
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         return {"step": self.step_done,
                 "optimizer": distributed.full_optimizer_state(self.model, self.optimizer, self.d),
@@ -505,6 +534,10 @@ class Trainer:
                                 "are not saved" + self._resume_note())
         return grad_norm, applied
 
+    def step_compute(self) -> Compute:
+        """A step's compute, to count its passes in (their backward passes cost less with frozen weights)."""
+        return Compute(self.policy.config, self.tok.vocab_size, frozen_weights=self.lora is not None)
+
     def count(self, step_compute: Compute):
         """Add a step's (or an evaluation's) counts, every rank's, to the run's compute."""
         merge_compute(self.compute, step_compute, self.d)
@@ -547,8 +580,9 @@ class Trainer:
         return bool(self.args.eval_every) and step % self.args.eval_every == 0 and step != self.args.steps
 
     # ---- checkpoints and the end of the run
-    def _weights(self) -> dict:
-        weights = distributed.full_state_dict(self.model, self.d)
+    def _weights(self, adapters: bool = False) -> dict:
+        """The full weights on the main rank (collective), or the adapters alone."""
+        weights = lora.adapter_weights(self.policy) if adapters else distributed.full_state_dict(self.model, self.d)
         check_finite = all_finite(weights.values()) if self.d.main else True
         if not check_finite:
             raise TrainingError("non-finite weights; refusing to write them" + self._resume_note())
@@ -559,14 +593,21 @@ class Trainer:
         if not self.args.save_every or step % self.args.save_every:
             return
         state = self.state_dict()
-        weights = self._weights()
-        self.run.save_checkpoint(step, self.policy, self.tok, state, weights, {"compute.json": self.compute.summary()})
+        weights = self._weights(adapters=self.lora is not None)   # a LoRA run's checkpoint: its adapters
+        self.run.save_checkpoint(step, self.adapters or self.policy, self.tok, state, weights,
+                                 {"compute.json": self.compute.summary()})
         if self.d.main:
             write_curves(self.run.path)
 
     def finish(self) -> Path:
-        """The final weights (with their compute.json) in RUN_DIR/final."""
+        """The final weights (with their compute.json) in RUN_DIR/final; a LoRA run's merged into the base weights,
+        and with --save-adapters also as adapters in RUN_DIR/adapters."""
         weights = self._weights()
+        if self.lora is not None:
+            if self.args.save_adapters:
+                self.run.save_final(self.adapters, self.tok, {k: v for k, v in weights.items() if lora.is_adapter(k)},
+                                    {"compute.json": self.compute.summary()}, name="adapters")
+            weights = lora.merged(weights, self.lora.scaling)
         return self.run.save_final(self.policy, self.tok, weights, {"compute.json": self.compute.summary()})
 
     def summarize(self, summary: str, warning: str | None = None, **fields):

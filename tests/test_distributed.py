@@ -58,6 +58,22 @@ def test_rlsr_fsdp2_equals_ddp(assets, tmp_path):
     assert_close(weights(tmp_path / "ddp"), weights(tmp_path / "fsdp"))
 
 
+def test_lora_two_ranks_ddp_and_fsdp2_equal_one_process(assets, tmp_path):
+    """Adapters only train; the KL model is the policy with its adapters off (under FSDP2 too)."""
+    lora = ("--lora-rank", "4", "--beta", "0.1", "--save-every", "2")
+    launch("train_rlsr.py", rlsr_args(assets, tmp_path / "one", *lora), 1)
+    launch("train_rlsr.py", rlsr_args(assets, tmp_path / "ddp", *lora), 2)
+    launch("train_rlsr.py", rlsr_args(assets, tmp_path / "fsdp", *lora, "--fsdp"), 2)
+    one = weights(tmp_path / "one")
+    assert_close(one, weights(tmp_path / "ddp"))
+    assert_close(one, weights(tmp_path / "fsdp"))
+    for run in ("ddp", "fsdp"):
+        for a, b in zip(logged_metrics(tmp_path / "one"), logged_metrics(tmp_path / run)):
+            for key in ("reward", "kl", "loss", "grad_norm"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (run, key)
+    assert logged_metrics(tmp_path / "one")[1]["kl"] > 0
+
+
 def sft_args(assets, out, *extra):
     policy, _, data = assets
     return ["--init", str(policy), "--data", str(data), "--train-split", "all", "--eval-data", str(data),

@@ -42,6 +42,12 @@ def test_each_kind_of_pass_by_hand():
     assert forward_flops(cfg(), 1, 0, 1, vocab=120) == PER_TOKEN + 2 * 64 * 120        # only real-vocabulary logits
 
 
+def test_with_frozen_weights_a_backward_pass_skips_the_weight_gradients():
+    c = Compute(cfg(), frozen_weights=True)                                  # LoRA: gradients of inputs only
+    c.packed_groups([3], [[2, 1]], "policy", with_backward=True)
+    assert c.flops["policy"] == 2 * (6 * PER_TOKEN + 3 * PER_LOGIT) + 3 * 19 * PER_PAIR
+
+
 def test_an_rlsr_step_counts_every_draw_and_pass_once():
     one = Compute(cfg())
     one.sampling([3], [[2, 1]])
