@@ -103,6 +103,7 @@ from rlsr.data import DataError
 from rlsr.judge import JudgeError
 from rlsr.lock import LOCK_FILE, LockedError, lock_dir
 from rlsr.metrics import Statistic, interval, paired_differences
+from rlsr.outdir import files_under, record_written, remove_written
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval
 from rlsr.report import report
@@ -111,7 +112,6 @@ from rlsr.training import HelpFormatter
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
                "judge_key_env", "encoder", "judge_timeout", "judge_retries")
-WRITTEN_LIST = "written.json"  # every file eval.py wrote into --out-dir: all that --overwrite removes
 
 
 def flag(key: str) -> str:
@@ -275,45 +275,6 @@ def prepare_out_dir(args, out: Path) -> None:
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (args.overwrite or args.resume):
         raise EvalError(f"--out-dir {out} exists and is not empty: pass --overwrite to replace its results, "
                         "--resume to keep its finished checkpoints, or choose another --out-dir")
-
-
-def files_under(out: Path) -> dict[str, int]:
-    """Every file under --out-dir (relative path -> modification time, ns)."""
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-
-
-def written(out: Path) -> list[str]:
-    """What eval.py wrote into --out-dir so far (WRITTEN_LIST): relative paths inside it, nothing else."""
-    try:
-        files = json.loads((out / WRITTEN_LIST).read_text())["files"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return []
-    root = out.resolve()
-    return [f for f in files if isinstance(f, str) and (out / f).resolve().is_relative_to(root)
-            and (out / f).resolve() != root]
-
-
-def record_written(out: Path, before: dict[str, int]):
-    """Add to WRITTEN_LIST every file that is new or changed since `before` (a `files_under` snapshot)."""
-    now = files_under(out)
-    new = {f for f, t in now.items() if before.get(f) != t and f not in (WRITTEN_LIST, LOCK_FILE)}
-    write_json(out / WRITTEN_LIST, {"files": sorted(set(written(out)) | new)})
-
-
-def remove_written(out: Path):
-    """--overwrite: remove exactly the files an earlier eval.py wrote here (WRITTEN_LIST), then the folders that
-    leaves empty; anything else in --out-dir stays, and is said so."""
-    folders = set()
-    for f in written(out):
-        (out / f).unlink(missing_ok=True)
-        folders.update((out / f).parents)
-    (out / WRITTEN_LIST).unlink(missing_ok=True)
-    for d in sorted((d for d in folders if d.is_relative_to(out) and d != out), key=lambda d: -len(d.parts)):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-    kept = [f for f in files_under(out) if f != LOCK_FILE]
-    if kept:
-        print(f"--overwrite: kept {len(kept)} file(s) in {out} that eval.py did not write, e.g. {kept[0]}")
 
 
 # ---------------------------------------------------------------- the plan: every check, then one loop
