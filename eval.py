@@ -101,9 +101,9 @@ from rlsr.benchmarks import (BENCHMARKS, Benchmark, Checkpoint, Context, EvalErr
 from rlsr.checkpoint import write_json
 from rlsr.data import DataError
 from rlsr.judge import JudgeError
-from rlsr.lock import LOCK_FILE, LockedError, lock_dir
+from rlsr.lock import LockedError, lock_dir
 from rlsr.metrics import Statistic, interval, paired_differences
-from rlsr.outdir import files_under, record_written, remove_written
+from rlsr.outdir import files_under, finished, flag, prepare_out_dir, record_written, remove_written
 from rlsr.model import Transformer
 from rlsr.plot import plot_eval
 from rlsr.report import report
@@ -112,10 +112,6 @@ from rlsr.training import HelpFormatter
 # Flags that change how fast results come, not what they are: --resume accepts new values for these.
 RESUME_FREE = ("checkpoints", "names", "out_dir", "overwrite", "resume", "compare", "batch_size", "judge_workers",
                "judge_key_env", "encoder", "judge_timeout", "judge_retries")
-
-
-def flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -235,46 +231,6 @@ def settings_of(args) -> dict:
     if not (args.judge or args.judge_url):
         s.pop("arena_hard_judge_max_tokens")
     return json.loads(json.dumps(s))
-
-
-def finished(out: Path, ckpt: Checkpoint, settings: dict, prompts: dict[str, list[str]]) -> bool:
-    """Whether per_checkpoint/<name>.json holds this checkpoint's complete results under these settings; a file
-    made with other settings or prompts raises EvalError naming the difference."""
-    file = out / "per_checkpoint" / f"{ckpt.name}.json"
-    if not file.exists():
-        return False
-    try:
-        r = json.loads(file.read_text())
-        old_settings, old_prompts, old_path = r["settings"], r["prompts"], r["checkpoint"]
-        if not isinstance(r["metrics"], dict) or not isinstance(r["per_item"], dict):
-            raise TypeError("no metrics")
-    except (json.JSONDecodeError, KeyError, TypeError):
-        print(f"note: {file} is incomplete; {ckpt.name} is evaluated again")
-        return False
-    for key in sorted(set(settings) | set(old_settings)):
-        if settings.get(key) != old_settings.get(key):
-            raise EvalError(f"--resume: {file} was made with {flag(key)} {old_settings.get(key)!r}, this run has "
-                            f"{settings.get(key)!r}; use the same flags, or --overwrite (or another --out-dir)")
-    if old_path != str(ckpt.path):
-        raise EvalError(f"--resume: {file} holds checkpoint {old_path}, but {ckpt.name} is now {ckpt.path}")
-    if r.get("weights_sha256") != ckpt.weights_sha256:
-        print(f"note: the weights in {ckpt.path} changed since {file} was written (sha256 of the weight files); "
-              f"{ckpt.name} is evaluated again")
-        return False
-    if old_prompts != prompts:
-        changed = next(b for b in sorted(set(prompts) | set(old_prompts)) if prompts.get(b) != old_prompts.get(b))
-        raise EvalError(f"--resume: {file} was evaluated on other {changed} prompts "
-                        f"({len(old_prompts.get(changed, []))} vs {len(prompts.get(changed, []))} now: the set of "
-                        "checkpoints changed which prompts fit --max-prompt-tokens); use --overwrite")
-    return True
-
-
-def prepare_out_dir(args, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out-dir {out} exists and is not a directory")
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (args.overwrite or args.resume):
-        raise EvalError(f"--out-dir {out} exists and is not empty: pass --overwrite to replace its results, "
-                        "--resume to keep its finished checkpoints, or choose another --out-dir")
 
 
 # ---------------------------------------------------------------- the plan: every check, then one loop
