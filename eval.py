@@ -37,6 +37,7 @@ metric was computed, e.g. no win rates without a judge):
                         as (grade - 1) / 9 (rlsr/judge_reward.py, its default prompt); only with --judge-reward
     <reward>            every other reward of rlsr/reward.py (REWARDS), under its --reward name
     length              answer length in tokens of the checkpoint's tokenizer (generated tokens, the stop included)
+    terminated          1 if the answer ended by itself (a stop token), 0 if it was cut at --max-new-tokens
     distinct_2          distinct word bigrams / word bigrams of the answer (1 = no repetition)
     arena_hard_win_rate[_<category>]   Arena-Hard v2.0 win rate against the category's baseline, arena-hard-auto's
                         scoring (strong verdicts weigh 3, ties 0.5, both orders; rlsr/arena_hard.py): pooled over
@@ -126,7 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (0 = all)")
     for b in BENCHMARKS:
         if b.own_limit:
-            g.add_argument(flag(f"{b.name}_limit"), type=int, default=0, help=b.limit_help % b.name)
+            g.add_argument(*(flag(f"{n}_limit") for n in (b.name, b.alias) if n), type=int, default=0,
+                           help=b.limit_help % b.name)
     g.add_argument("--spread", action="store_true", help="with a limit: N prompts spread over the whole benchmark "
                    "(the N smallest sha256 of their ids, kept in file order) instead of the first N, so every "
                    "subset of AlpacaEval (ordered by subset in its file) is represented")

@@ -47,7 +47,9 @@ from rlsr.checkpoint import atomic_dir, remove_stale_temporaries, sha256_file
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 POLICY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-CONVERSION_VERSION = 1  # bump when gguf_convert changes what it writes; old cache entries are then rebuilt
+# Bump one when gguf_convert changes what it writes for that model; its old cache entries are then rebuilt.
+CONVERSION_VERSION = 1         # SmolLM2 (llama)
+GEMMA3_CONVERSION_VERSION = 2  # gemma-3-270m; 2: the tokenizer's pre-tokenizer and <bos> post-processor
 
 ENCODERS = ("minilm", "mpnet", "embeddinggemma")  # the packaged encoders `encoder_path` knows by name
 
@@ -253,7 +255,7 @@ def gemma3_gguf_parts() -> list[Path]:
 def gemma3_policy_path() -> Path:
     """HF-layout directory of google/gemma-3-270m (base), built on first use: the four packaged parts joined, the
     GGUF's sha256 checked, converted (rlsr/gguf_convert.py), the joined GGUF removed again."""
-    out = cache_dir() / f"gemma-3-270m-q4_k_m-v{CONVERSION_VERSION}"
+    out = cache_dir() / f"gemma-3-270m-q4_k_m-v{GEMMA3_CONVERSION_VERSION}"
     if (out / "conversion.json").exists() and all((out / f).exists() for f in POLICY_FILES):
         return out
     parts = gemma3_gguf_parts()
@@ -264,7 +266,8 @@ def gemma3_policy_path() -> Path:
         _join(parts, gguf, GEMMA3_GGUF_SHA256, GEMMA3_REQUIREMENTS)
         convert_gguf(gguf, tmp)
         gguf.unlink()
-        record = {"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256, "version": CONVERSION_VERSION}
+        record = {"source": [str(p) for p in parts], "sha256": GEMMA3_GGUF_SHA256,
+                  "version": GEMMA3_CONVERSION_VERSION}
         (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 

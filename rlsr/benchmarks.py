@@ -2,8 +2,9 @@
 prompts) -> score the answers and write them in the benchmark's own format for its official tools.
 
     alpaca_eval   AlpacaEval-style prompts with reference answers (--data, --split; rlsr/data.py): every reward of
-                  rlsr/reward.py as a column (`reward_columns`), length, distinct-2, and with a judge the win rate
-                  against the reference and the length-controlled win rate (rlsr/judge.py, rlsr/lc_win_rate.py)
+                  rlsr/reward.py as a column (`reward_columns`), length, terminated (ended by a stop token), distinct-2,
+                  and with a judge the win rate against the reference and the length-controlled win rate
+                  (rlsr/judge.py, rlsr/lc_win_rate.py)
     arena_hard    Arena-Hard v2.0's questions, judged against each category's baseline (rlsr/arena_hard.py)
     ifeval        IFEval's prompts, scored by Google's checkers (rlsr/ifeval.py)
     lm_eval       the paper's 18 lm-eval-harness tasks (rlsr/lm_tasks.py, rlsr/lm_score.py): documents, not chat
@@ -119,8 +120,10 @@ class Benchmark:
     name: str
     help: str               # for --no-<name>
     own_limit = True        # a --<name>-limit flag (0 = as --limit)
+    alias: str | None = None    # a shorter prefix its --<name>-... flags also answer to (--<alias>-limit, ...)
     limit_help = "first N %s prompts (0 = as --limit)"
     chat_prompts = True     # prompts are chat messages: chat-formatted, length-filtered, answered greedily
+    finish_reasons = False  # `answer` also returns each answer's finish reason ("stop" or "length") for `score`
     written: tuple[str, ...] = ()   # what its `score` writes under --out-dir (--overwrite removes it)
 
     @classmethod
@@ -145,10 +148,12 @@ class Benchmark:
 
     def answer(self, model, tokenizer, prompt_ids: list[list[int]] | None, desc: str) -> tuple:
         """One checkpoint's answers, as the arguments `score` takes after (ctx, name); by default greedy, at most
-        --max-new-tokens: (texts, token counts with the stop). prompt_ids: the chat prompts' ids (None otherwise)."""
+        --max-new-tokens: (texts, token counts with the stop[, finish reasons]). prompt_ids: the chat prompts' ids
+        (None otherwise)."""
         params = SamplingParams(self.args.max_new_tokens, temperature=0.0)
         with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
-            return complete(model, tokenizer, prompt_ids, params, self.args.batch_size, progress=bar)
+            return complete(model, tokenizer, prompt_ids, params, self.args.batch_size, progress=bar,
+                            with_finish=self.finish_reasons)
 
     def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
         """The metrics of one checkpoint's answers (named `name`), its files written under ctx.out."""
@@ -223,6 +228,7 @@ def resolve_split(args, checkpoints: list):
 
 class AlpacaEval(Benchmark):
     name, help, own_limit, written = "alpaca_eval", "skip AlpacaEval (--data)", False, ("judgments",)
+    finish_reasons = True  # the `terminated` column
 
     def load(self, checkpoints: list) -> Prompts:
         args = self.args
@@ -256,12 +262,15 @@ class AlpacaEval(Benchmark):
                                  f"trained on (--data {t[0]}, split {t[1]}): they are not held out")
         return notes
 
-    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int]) -> Scores:
+    def score(self, ctx: Context, name: str, answers: list[str], lengths: list[int], finish: list[str]) -> Scores:
         held = self.prompts.items
         refs = [ex.reference for ex in held]
         prompts = [ex.prompt_messages() for ex in held]
         s = Scores({column: component(prompts, answers, refs)[0].tolist() for column, component in ctx.columns.items()})
-        s.per_item.update({"length": lengths, "distinct_2": [distinct_n([a], 2) for a in answers]})
+        # terminated: the answer ended by itself (a stop token) rather than at --max-new-tokens (TRL's logs call
+        # the rest clipped); a base model that never learnt to stop runs to the cap
+        s.per_item.update({"length": lengths, "terminated": [float(f == "stop") for f in finish],
+                           "distinct_2": [distinct_n([a], 2) for a in answers]})
         instructions = [ex.prompt_messages()[-1]["content"] for ex in held]
         outputs = [{"instruction": q, "output": a, "generator": name, "dataset": ex.source}
                    for q, ex, a in zip(instructions, held, answers)]
@@ -361,14 +370,17 @@ class LMEval(Benchmark):
     ids, whatever --spread; each column is one value per document (rlsr/lm_tasks.py). They are not chat prompts:
     no length filter (a context too long for the model loses tokens on the left, as the harness's HFLM truncates)."""
     name, help, chat_prompts, written = "lm_eval", "skip the lm-eval-harness tasks", False, ("lm_eval",)
+    alias = "lm"  # --lm-tasks, --lm-limit, --lm-chat-template
     limit_help = "N documents per %s task, spread over it by a hash of their ids (0 = as --limit; both 0 = all)"
 
     @classmethod
     def add_args(cls, g):
-        g.add_argument("--lm-eval-tasks", nargs="+", default=list(lm_tasks.TASKS), choices=list(lm_tasks.TASKS),
-                       metavar="TASK", help=f"lm-eval-harness tasks (default all 18: {' '.join(lm_tasks.TASKS)})")
-        g.add_argument("--lm-eval-chat-template", action="store_true", help="apply each checkpoint's chat template "
-                       "to the lm-eval contexts (lm_eval --apply_chat_template); default plain text, the harness's")
+        g.add_argument("--lm-eval-tasks", "--lm-tasks", nargs="+", default=list(lm_tasks.TASKS),
+                       choices=list(lm_tasks.TASKS), metavar="TASK",
+                       help=f"lm-eval-harness tasks (default all 18: {' '.join(lm_tasks.TASKS)})")
+        g.add_argument("--lm-eval-chat-template", "--lm-chat-template", action="store_true",
+                       help="apply each checkpoint's chat template to the lm-eval contexts (lm_eval "
+                       "--apply_chat_template); default plain text, the harness's")
 
     def load(self, checkpoints: list) -> Prompts:
         try:

@@ -132,6 +132,11 @@ def sentencepiece_bpe(reader) -> Tokenizer:
     - Text: spaces -> U+2581 (no prefix space), one BPE over the whole span, unknown characters as <0xNN> bytes.
       Control pieces (type 3: <bos>, <start_of_turn>, <end_of_turn>, ...) are special tokens, matched whole and
       skipped when decoding; user-defined pieces (runs of newlines, tabs, spaces, HTML tags) are matched whole.
+    - Normalizer, pre-tokenizer, post-processor and decoder are the official file's: encode(text) with special tokens
+      puts <bos> first when the GGUF says tokenizer.ggml.add_bos_token (as transformers' and lm-eval-harness's
+      default encoding then does); rlsr's chat template writes its own <bos> and is encoded without special tokens.
+      The pre-tokenizer (split on " ", merged with the previous piece) never fires after the normalizer; it is kept
+      so that the file equals the official one.
     """
     tokens = ["\u2581" * len(t) if t and not t.strip(" ") else t for t in _field(reader, "tokenizer.ggml.tokens")]
     scores = _field(reader, "tokenizer.ggml.scores")
@@ -147,6 +152,11 @@ def sentencepiece_bpe(reader) -> Tokenizer:
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in ranked], unk_token="<unk>", fuse_unk=True,
                               byte_fallback=True))
     tk.normalizer = normalizers.Replace(" ", "\u2581")
+    tk.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    if _field(reader, "tokenizer.ggml.add_bos_token"):
+        bos = tokens[_field(reader, "tokenizer.ggml.bos_token_id")]
+        tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                                          special_tokens=[(bos, vocab[bos])])
     tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])

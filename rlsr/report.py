@@ -3,17 +3,22 @@
 Columns are every metric any row has, in a preferred order (COLUMN_ORDER; a metric it does not name still gets a
 column, after these, so a new metric never silently disappears), each cell the mean with its 95% interval. Below the
 table: the paired differences, the spread between training seeds (rows named METHOD@SEED), the prompts evaluated.
+
+    python -m rlsr.report EVAL_DIR [--prompts N]   # markdown: each row's answers to the first N AlpacaEval prompts
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 
 # Preferred column order only: a metric not named here still gets a column, after these.
-COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "distinct_2",
+COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "terminated", "distinct_2",
                 "arena_hard_win_rate",
                 "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS), "lm_average", "lm_*")
 
@@ -97,7 +102,7 @@ def report(results: list[dict], paired: list[dict], prompts: dict[str, dict], ju
     md += "\nBenchmarks (prompts evaluated; left out: longer than --max-prompt-tokens "
     md += f"{max_tokens} for some checkpoint's tokenizer):\n\n"
     labels = {"alpaca_eval": "AlpacaEval (win_rate, lc_win_rate, cosine_*, bertscore_*, rouge_l, bleu, length, "
-                             "distinct_2)",
+                             "terminated, distinct_2)",
               "arena_hard": "Arena-Hard v2.0 (arena_hard_win_rate*)", "ifeval": "IFEval (ifeval_*)",
               "lm_eval": "lm-eval-harness tasks (lm_*; documents, all tasks together)"}
     for name, p in prompts.items():
@@ -109,3 +114,28 @@ def report(results: list[dict], paired: list[dict], prompts: dict[str, dict], ju
     if notes:
         md += "\n" + "".join(f"- {n}\n" for n in notes)
     return md
+
+
+def quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines()) if text.strip() else "> (empty)"
+
+
+def samples(eval_dir: Path, n: int = 2) -> str:
+    """Markdown: every row's greedy answer to each of the first n AlpacaEval prompts evaluated, from eval.py's
+    results.json (the rows, in order) and model_outputs/<row>.json (the same prompts, in the same order, per row)."""
+    eval_dir = Path(eval_dir)
+    names = [r["name"] for r in json.loads((eval_dir / "results.json").read_text())["results"]]
+    outputs = {name: json.loads((eval_dir / "model_outputs" / f"{name}.json").read_text()) for name in names}
+    md = f"Greedy answers of each row to the first {n} AlpacaEval prompts evaluated ({eval_dir}).\n"
+    for i in range(min(n, len(outputs[names[0]]))):
+        md += f"\n## Prompt {i + 1}\n\n{quote(outputs[names[0]][i]['instruction'])}\n"
+        md += "".join(f"\n**{name}**\n\n{quote(outputs[name][i]['output'])}\n" for name in names)
+    return md
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="each row's answers to the first AlpacaEval prompts of an eval.py run")
+    ap.add_argument("eval_dir", type=Path, help="eval.py's --out-dir (results.json, model_outputs/)")
+    ap.add_argument("--prompts", type=int, default=2, help="how many prompts (default 2)")
+    args = ap.parse_args()
+    print(samples(args.eval_dir, args.prompts), end="")

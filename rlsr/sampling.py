@@ -286,21 +286,22 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, stop_ids=(
 
 
 def complete(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int = 32,
-             generator: torch.Generator | None = None, progress=None) -> tuple[list[str], list[int]]:
+             generator: torch.Generator | None = None, progress=None, with_finish: bool = False) -> tuple:
     """One answer per prompt (token ids), batched by similar length so little compute goes to left padding.
 
-    Returns the decoded answers (special tokens dropped) and their lengths in tokens, in the order of `prompts`.
+    Returns the decoded answers (special tokens dropped) and their lengths in tokens, in the order of `prompts`, and
+    with `with_finish` their finish reasons ("stop" or "length", Rollout.finish_reason).
     generator: the draws when sampling (temperature > 0). progress: a tqdm-like bar advanced by each batch's size.
     """
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts, lengths = [""] * len(prompts), [0] * len(prompts)
+    texts, lengths, finish = [""] * len(prompts), [0] * len(prompts), [""] * len(prompts)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         uniforms = None if params.temperature == 0 else draw_uniforms(generator, params.max_new_tokens, len(idx))
         r = generate(model, [prompts[i] for i in idx], params, tokenizer.stop_ids, uniforms=uniforms,
                      pad_id=tokenizer.pad_id)
-        for i, text, n in zip(idx, tokenizer.batch_decode(r.completions()), r.lengths.tolist()):
-            texts[i], lengths[i] = text, n
+        for i, text, n, f in zip(idx, tokenizer.batch_decode(r.completions()), r.lengths.tolist(), r.finish_reason):
+            texts[i], lengths[i], finish[i] = text, n, f
         if progress is not None:
             progress.update(len(idx))
-    return texts, lengths
+    return (texts, lengths, finish) if with_finish else (texts, lengths)

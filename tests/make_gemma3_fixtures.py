@@ -26,7 +26,9 @@ It writes, all small:
                                          a 600-token text (past the 512 window) at fixed ids and its top ids, greedy ids
     fixtures/gemma3_tokenizer.json       --tokenizer: sha256 of the official vocabulary and merges; per text of
                                          AlpacaEval, IFEval and ShareGPT, a hash of its ids; explicit ids of edge
-                                         cases; the official chat template's rendering of a few conversations
+                                         cases; the official chat template's rendering of a few conversations;
+                                         its normalizer, pre-tokenizer, post-processor and decoder, and ids of a
+                                         few texts encoded with its special tokens (<bos> first)
 The random weights are seeded, so rerunning gives the same files.
 """
 import argparse
@@ -171,6 +173,12 @@ EDGE_CASES = ["", " ", "  ", "   leading", "trailing   ", "\t\ttabs\t", "\n", "\
               "a" * 300, "▁▁ already metaspace ▁", "don't won't y'all", "   \t \n\r\n  mixed   whitespace\t\t"]
 
 
+def pipeline(raw: dict, tk) -> dict:
+    """The official file's text pipeline around the BPE model, and ids encoded with its special tokens (<bos>)."""
+    return {"pipeline": {k: raw[k] for k in ("normalizer", "pre_tokenizer", "post_processor", "decoder")},
+            "with_special_tokens": [{"text": t, "ids": tk.encode(t).ids} for t in ("Hello", "", " two  words\n")]}
+
+
 def make_tokenizer(official_dir: Path):
     from tokenizers import Tokenizer
     from rlsr.data import load_alpaca_eval, load_ifeval, load_sharegpt
@@ -202,7 +210,8 @@ def make_tokenizer(official_dir: Path):
                                                       ensure_ascii=False).encode()).hexdigest(),
            "id_hashes": {name: [sha256_ids(enc(t)) for t in ts] for name, ts in texts.items()},
            "edge_cases": [{"text": t, "ids": enc(t)} for t in EDGE_CASES],
-           "chat": rendered}
+           "chat": rendered,
+           **pipeline(raw, tk)}
     (ROOT / "gemma3_tokenizer.json").write_text(json.dumps(ref, indent=0, ensure_ascii=False) + "\n")
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, needs_eval_data, run_script, script_error
 from rlsr import arena_hard, report
@@ -15,6 +16,8 @@ from rlsr.benchmarks import check_checkpoint, resolve_split, take
 from rlsr.data import load_arena_hard, load_dataset, load_ifeval
 from rlsr.lc_win_rate import lc_win_rate
 from rlsr.metrics import paired_bootstrap_ci
+from rlsr.model import Transformer
+from rlsr.sampling import SamplingParams, generate
 from rlsr.tokenizer import Tokenizer
 from test_judge import FakeOpenAI, outputs_of
 
@@ -100,7 +103,8 @@ def test_judged_run_has_every_column_paired_differences_and_official_files(tiny,
         (b / "compute.json").unlink()
     res = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in res["results"]}
-    expected = {"win_rate", "lc_win_rate", "cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "distinct_2",
+    expected = {"win_rate", "lc_win_rate", "cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "terminated",
+                "distinct_2",
                 "arena_hard_win_rate", "arena_hard_win_rate_hard_prompt", "ifeval_prompt_level_strict",
                 "ifeval_inst_level_strict", "ifeval_prompt_level_loose", "ifeval_inst_level_loose"}
     for r in rows.values():
@@ -200,6 +204,22 @@ def test_bertscore_and_bleu_columns_equal_the_rewards_and_seeds_are_summarised(t
     row = next(line for line in md.splitlines() if line.startswith("| m (2 seeds)"))
     cosines = [r["metrics"]["cosine_enc_one"]["mean"] for r in res]
     assert f"{np.mean(cosines):.3f} ± {np.std(cosines, ddof=1):.3f}" in row
+
+
+def test_terminated_is_whether_each_answer_ended_by_a_stop_token(tiny, tmp_path):
+    a = make_tiny_policy_dir(tmp_path / "a")
+    # a third of the ids stop, so within 4 tokens some answers stop and some reach the cap
+    (a / "generation_config.json").write_text(json.dumps({"eos_token_id": list(range(2, 416, 3))}))
+    out = tmp_path / "eval"
+    run_eval(base_args(tiny, out, str(a), "--no-arena-hard", "--no-ifeval"))
+    row = json.loads((out / "results.json").read_text())["results"][0]["per_item"]
+    tok, model = Tokenizer.from_pretrained(a), Transformer.from_pretrained(a, dtype=torch.float32)
+    ids = [tok.apply_chat_template(ex.prompt_messages(), add_generation_prompt=True)
+           for ex in load_dataset(str(tiny["data"]))]
+    r = generate(model, ids, SamplingParams(max_new_tokens=4, temperature=0.0), tok.stop_ids, pad_id=tok.pad_id)
+    want = [float(toks[-1] in tok.stop_ids) for toks in r.completions()]
+    assert row["terminated"] == want and 0 < sum(want) < len(want)
+    assert row["length"] == r.lengths.tolist()
 
 
 def test_spread_takes_prompts_by_hash_in_file_order():
@@ -343,7 +363,9 @@ def test_bad_second_checkpoint_is_rejected_before_the_first_is_evaluated(tiny, t
     (["--judge", "j", "--judge-url", "http://127.0.0.1:9"], "give one judge"),
     (["--no-alpaca-eval", "--no-arena-hard", "--no-ifeval"], "every benchmark is turned off"),
     (["--lm-eval-limit", "-1"], "--lm-eval-limit must be >= 0"),
-    (["--lm-eval-tasks", "mmlu", "mmlu_pro"], "argument --lm-eval-tasks: invalid choice: 'mmlu_pro'"),
+    (["--lm-limit", "-1"], "--lm-eval-limit must be >= 0"),  # --lm-limit, --lm-tasks: aliases
+    (["--lm-eval-tasks", "mmlu", "mmlu_pro"], "argument --lm-eval-tasks/--lm-tasks: invalid choice: 'mmlu_pro'"),
+    (["--lm-tasks", "mmlu_pro"], "argument --lm-eval-tasks/--lm-tasks: invalid choice: 'mmlu_pro'"),
     (["--judge-url", "http://127.0.0.1:9", "--judge-key-env", "RLSR_EVAL_TEST_UNSET_KEY"],
      "RLSR_EVAL_TEST_UNSET_KEY"),
     (["--data", "nowhere.jsonl"], "is neither a built-in data set"),

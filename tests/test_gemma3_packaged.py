@@ -55,6 +55,20 @@ def test_edge_cases_and_chat_ids_equal_the_official_tokenizer(tok):
     assert (tok.bos_id, tok.pad_id, tok.vocab_size) == (2, 0, 262144)
 
 
+def test_bos_is_added_as_the_official_tokenizer_adds_it_and_only_once(gemma3_path, tok):
+    # The official file's post-processor puts <bos> first when special tokens are added (transformers' and
+    # lm-eval-harness's default); rlsr's chat template writes <bos> itself and is encoded without them.
+    from rlsr.lm_score import encode
+    raw = json.loads((gemma3_path / "tokenizer.json").read_text())
+    assert {k: raw[k] for k in TOK["pipeline"]} == TOK["pipeline"]
+    for case in TOK["with_special_tokens"]:
+        assert tok.tk.encode(case["text"]).ids == encode(tok, case["text"]) == case["ids"], case["text"]
+    assert encode(tok, "<bos>Hello") == [2, 9259]  # a context that starts with <bos> gets no second one
+    for case in TOK["chat"]:
+        ids = tok.apply_chat_template(case["messages"], case["add_generation_prompt"])
+        assert ids[0] == 2 and ids.count(2) == 1
+
+
 @needs_sharegpt
 def test_every_benchmark_and_sharegpt_text_has_the_official_ids(tok):
     from rlsr.data import load_alpaca_eval, load_ifeval, load_sharegpt
