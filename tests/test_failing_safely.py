@@ -11,25 +11,12 @@ import time
 
 import pytest
 
-from conftest import ROOT, make_tiny_bert_dir, make_tiny_data, make_tiny_policy_dir, run_script, script_error
+from conftest import ROOT, make_tiny_data, make_tiny_policy_dir, run_script, script_error
 from rlsr import tokenizer as tokenizer_module
 from rlsr.lock import lock_dir, unlock_dir
 from rlsr.run import Run
 from test_eval import break_checkpoint
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    return make_tiny_policy_dir(d / "policy"), make_tiny_bert_dir(d / "encoder"), make_tiny_data(d / "data.jsonl", 16)
-
-
-def rlsr_argv(assets, out, *extra, steps=2):
-    policy, encoder, data = assets
-    return ["--init", str(policy), "--encoder", str(encoder), "--data", str(data), "--eval-prompts", "2",
-            "--out-dir", str(out), "--steps", str(steps), "--prompts-per-step", "2", "--group-size", "2",
-            "--max-new-tokens", "4", "--save-every", "1", "--sample-every", "0", "--micro-batch-size", "4",
-            "--lr", "1e-3", *extra]
+from test_training import assets, rlsr_argv  # noqa: F401 (a fixture and the tiny run's flags)
 
 
 def steps_logged(run, file="metrics.jsonl"):
@@ -226,7 +213,8 @@ def with_template(policy_dir, tmp_path, source):
 def test_a_hanging_or_huge_chat_template_is_stopped_in_training_and_eval(assets, tmp_path, script, source):
     bad = with_template(assets[0], tmp_path, source)
     out = tmp_path / "out"
-    argv = ([str(bad), "--data", str(assets[2]), "--no-arena-hard", "--no-ifeval", "--out-dir", str(out)]
+    argv = ([str(bad), "--data", str(assets[2]), "--no-arena-hard", "--no-ifeval", "--no-lm-eval",
+             "--out-dir", str(out)]
             if script == "eval.py" else rlsr_argv(assets, out, "--init", str(bad)) if script == "train_rlsr.py"
             else ["--init", str(bad), "--data", str(assets[2]), "--out-dir", str(out)])
     t0 = time.monotonic()
@@ -329,8 +317,8 @@ def test_save_every_zero_checks_the_space_for_final_before_training(assets, tmp_
 
 def eval_argv(assets, out, *extra):
     encoder, data = assets[1], assets[2]
-    return ["--data", str(data), "--encoders", str(encoder), "--no-arena-hard", "--no-ifeval", "--max-new-tokens", "4",
-            "--batch-size", "4", "--limit", "4", "--out-dir", str(out), *extra]
+    return ["--data", str(data), "--encoders", str(encoder), "--no-arena-hard", "--no-ifeval", "--no-lm-eval",
+            "--max-new-tokens", "4", "--batch-size", "4", "--limit", "4", "--out-dir", str(out), *extra]
 
 
 def test_eval_refuses_a_checkpoint_with_nonfinite_weights(assets, tmp_path):
