@@ -493,7 +493,8 @@ def check_model_dir(path: str | Path, chat_template: str | None = None):
     """Everything a script checks in an HF-layout directory before using it, without loading weights: config.json
     (supported, sizes bounded), the safetensors headers against it (names, shapes, file sizes), the tokenizer and its
     chat template or `chat_template` (jinja source) instead (which must render a one-turn conversation, under
-    rlsr/tokenizer.py's bounds), and a vocabulary that fits the embedding. Returns (config, tokenizer); a ValueError names the file and what is wrong with it."""
+    rlsr/tokenizer.py's bounds), and a vocabulary that fits the embedding. Returns (config, tokenizer); a ValueError
+    names the file and what is wrong with it."""
     from rlsr.tokenizer import Tokenizer
     path = Path(path)
     if not path.is_dir():
