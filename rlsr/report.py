@@ -18,9 +18,9 @@ import numpy as np
 from rlsr.ifeval import METRICS as IFEVAL_METRICS
 
 # Preferred column order only: a metric not named here still gets a column, after these.
-COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "terminated", "distinct_2",
-                "arena_hard_win_rate",
-                "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS), "lm_average", "lm_*")
+COLUMN_ORDER = ("win_rate", "lc_win_rate", "cosine_*", "bertscore_*", "rouge_l", "bleu", "length", "terminated",
+                "distinct_2", "arena_hard_win_rate", "arena_hard_win_rate_*", *(f"ifeval_{m}" for m in IFEVAL_METRICS),
+                "lm_average", "lm_*")
 
 
 def column_rank(metric: str) -> tuple[int, str]:

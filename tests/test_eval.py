@@ -103,8 +103,8 @@ def test_judged_run_has_every_column_paired_differences_and_official_files(tiny,
         (b / "compute.json").unlink()
     res = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in res["results"]}
-    expected = {"win_rate", "lc_win_rate", "cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "terminated",
-                "distinct_2",
+    expected = {"win_rate", "lc_win_rate", "cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length",
+                "terminated", "distinct_2",
                 "arena_hard_win_rate", "arena_hard_win_rate_hard_prompt", "ifeval_prompt_level_strict",
                 "ifeval_inst_level_strict", "ifeval_prompt_level_loose", "ifeval_inst_level_loose"}
     for r in rows.values():
@@ -183,7 +183,8 @@ def test_without_a_judge_win_rate_columns_are_absent_and_said_so(tiny, tmp_path)
     out = tmp_path / "eval"
     run_eval(base_args(tiny, out, str(tiny["a"]), "--limit", "5", "--no-arena-hard", "--no-ifeval"))
     r = json.loads((out / "results.json").read_text())["results"][0]
-    assert set(r["metrics"]) == {"cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "distinct_2"}
+    assert set(r["metrics"]) == {"cosine_enc_one", "cosine_enc_two", "rouge_l", "bleu", "length", "terminated",
+                                 "distinct_2"}
     md = (out / "results.md").read_text()
     assert "No judge was given" in md and "win_rate" not in md.splitlines()[0]
 
