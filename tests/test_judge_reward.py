@@ -140,7 +140,7 @@ def test_train_rlsr_logs_the_judge_reward_and_eval_has_its_column(server, tmp_pa
 
     out = tmp_path / "eval"
     run_script("eval.py", [str(policy), "--data", str(data), "--encoders", str(enc), "--limit", "4", "--no-arena-hard",
-                           "--no-ifeval", "--max-new-tokens", "6", "--out-dir", str(out), "--judge-url",
+                           "--no-ifeval", "--no-lm-eval", "--max-new-tokens", "6", "--out-dir", str(out), "--judge-url",
                            server.base_url, "--judge-key-env", "", "--judge-reward"])
     result = json.loads((out / "results.json").read_text())["results"][0]
     answers = json.loads((out / "model_outputs" / f"{result['name']}.json").read_text())

@@ -212,8 +212,8 @@ def test_eval_py_lm_columns_per_document_file_and_paired_differences(tmp_path, m
     a, b = make_tiny_policy_dir(tmp_path / "a"), make_tiny_policy_dir(tmp_path / "b", family="llama")
     out = tmp_path / "eval"
     run_script("eval.py", [str(a), str(b), "--names", "qwen", "llama", "--no-alpaca-eval", "--no-arena-hard",
-                           "--no-ifeval", "--lm-eval-tasks", "copa", "mmlu", "--lm-eval-limit", "5", "--out-dir",
-                           str(out)])
+                           "--no-ifeval", "--lm-eval-tasks", "copa", "mmlu", "--lm-eval-limit", "5",
+                           "--max-new-tokens", "8", "--out-dir", str(out)])  # 8: within the tiny models' positions
     res = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in res["results"]}
     for name, ckpt in (("qwen", a), ("llama", b)):
