@@ -257,7 +257,7 @@ def prepare(args) -> Plan:
     names = check_flags(args)
     out = Path(args.out_dir)
     prepare_out_dir(args, out)
-    checkpoints = check_checkpoints(args.checkpoints, names, args.chat_template, args.max_new_tokens)
+    checkpoints = check_checkpoints(args.checkpoints, names, args.chat_template)
     benches = load_benchmarks(args, checkpoints)
     overlap = {k: v for b in benches for k, v in b.notes(checkpoints).items()}
     ids = filter_prompts(benches, checkpoints, args.max_prompt_tokens)

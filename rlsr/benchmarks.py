@@ -142,6 +142,13 @@ class Benchmark:
     def check(self):
         """After the length filter, before any answer: read what scoring needs, so that a problem shows now."""
 
+    def check_positions(self, checkpoints: list):
+        """Every answer's new tokens must fit each checkpoint's positions (a chat benchmark: --max-new-tokens)."""
+        for c in checkpoints:
+            if self.args.max_new_tokens >= c.positions:
+                raise EvalError(f"--max-new-tokens {self.args.max_new_tokens}: checkpoint {c.name} has {c.positions} "
+                                "positions (max_position_embeddings of its config.json)")
+
     def notes(self, checkpoints: list) -> dict[str, str]:
         """Per checkpoint name, a note on these prompts (said at the start and kept in results.md)."""
         return {}
@@ -390,6 +397,16 @@ class LMEval(Benchmark):
         docs = [d for task_docs in self.docs.values() for d in task_docs]
         return Prompts(self.name, docs, [d.id for d in docs], [])
 
+    def check_positions(self, checkpoints: list):
+        """The generative tasks answer with up to lm-eval's max_gen_toks tokens, after at least one of context."""
+        generative = [t for t in self.args.lm_eval_tasks if lm_tasks.TASKS[t].until]
+        for c in checkpoints:
+            if generative and lm_tasks.MAX_GEN_TOKS >= c.positions:
+                raise EvalError(f"lm-eval tasks {', '.join(generative)} answer with up to {lm_tasks.MAX_GEN_TOKS} "
+                                f"tokens (the harness's max_gen_toks): checkpoint {c.name} has {c.positions} positions "
+                                "(max_position_embeddings of its config.json); leave them out of --lm-eval-tasks, or "
+                                "give --no-lm-eval")
+
     def answer(self, model, tokenizer, prompt_ids, desc: str) -> tuple[dict[str, list[dict]]]:
         with tqdm(total=len(self.prompts.items), desc=desc, unit="doc", leave=False) as bar:
             return (lm_tasks.score(model, tokenizer, self.docs, self.args.lm_eval_chat_template, self.args.batch_size,
@@ -408,6 +425,7 @@ def load_benchmarks(args, checkpoints: list) -> list[Benchmark]:
     """The benchmarks the flags turn on (--no-<name> turns one off), their prompts loaded."""
     benches = [b(args) for b in BENCHMARKS if not getattr(args, f"no_{b.name}")]
     for b in benches:
+        b.check_positions(checkpoints)
         b.prompts = b.load(checkpoints)
         b.prompts.total = len(b.prompts.items)
         if not b.prompts.items:
@@ -450,6 +468,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     compute: dict | None
     fingerprint: str     # identifies the tokenizer files (prompt ids are computed once per distinct tokenizer)
+    positions: int       # max_position_embeddings: prompt and answer together must fit
     weights_sha256: str = ""  # identifies the weights (--resume re-evaluates a checkpoint whose weights changed)
 
 
@@ -461,11 +480,10 @@ def tokenizer_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_checkpoint(spec: str, name: str, chat_template: str | None = None,
-                     max_new_tokens: int | None = None) -> Checkpoint:
+def check_checkpoint(spec: str, name: str, chat_template: str | None = None) -> Checkpoint:
     """A checkpoint given on the command line (a directory, `base`, or a packaged policy's name), checked without
     loading its weights as the training scripts check theirs, and its weights finite; `chat_template` (jinja source)
-    replaces its own template; `max_new_tokens` must fit its positions."""
+    replaces its own template."""
     packaged = spec == "base" or spec in POLICIES
     path = default_policy_path() if spec == "base" else POLICIES[spec]() if packaged else Path(spec).resolve()
     if not path.is_dir():
@@ -479,23 +497,20 @@ def check_checkpoint(spec: str, name: str, chat_template: str | None = None,
     if nonfinite:
         raise EvalError(f"checkpoint {name}: tensor {nonfinite!r} in {path} holds NaN or inf; its answers would be "
                         "garbage (a diverged or damaged checkpoint)")
-    if max_new_tokens is not None and max_new_tokens >= cfg.max_position_embeddings:
-        raise EvalError(f"--max-new-tokens {max_new_tokens}: checkpoint {name} has {cfg.max_position_embeddings} "
-                        "positions (max_position_embeddings of its config.json)")
     fingerprint = tokenizer_fingerprint(path)
     if chat_template is not None:  # the same files under another template give other prompt ids
         fingerprint = hashlib.sha256((fingerprint + chat_template).encode()).hexdigest()
-    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint, digest)
+    return Checkpoint(name, spec, path, tok, None if packaged else read_compute(path), fingerprint,
+                      cfg.max_position_embeddings, digest)
 
 
-def check_checkpoints(specs: list[str], names: list[str], chat_template: str | None,
-                      max_new_tokens: int | None = None) -> list[Checkpoint]:
+def check_checkpoints(specs: list[str], names: list[str], chat_template: str | None) -> list[Checkpoint]:
     """eval.py's checkpoints, each under --chat-template FILE when given (read and checked once)."""
     try:
         template = read_chat_template(chat_template) if chat_template else None
     except ValueError as e:
         raise EvalError(f"--chat-template {e}") from None
-    return [check_checkpoint(spec, name, template, max_new_tokens) for name, spec in zip(names, specs)]
+    return [check_checkpoint(spec, name, template) for name, spec in zip(names, specs)]
 
 
 def make_judges(args, device, dtype) -> Judges | None:
@@ -522,8 +537,6 @@ def make_judges(args, device, dtype) -> Judges | None:
         return None
     probe(judges.pairwise)
     return judges
-
-
 
 
 def filter_prompts(benches: list[Benchmark], checkpoints: list, max_tokens: int) -> dict:

@@ -376,6 +376,15 @@ def test_eval_max_new_tokens_is_bounded_by_the_models_positions(assets, tmp_path
     assert "--max-new-tokens 100000000: checkpoint" in err and "has 256 positions" in err
 
 
+def test_eval_lm_eval_generative_tasks_need_more_positions_than_their_answers(assets, tmp_path):
+    """triviaqa and nq_open answer with up to 256 tokens (the harness's max_gen_toks): a 256-position model is refused
+    before any work."""
+    argv = [a for a in eval_argv(assets, tmp_path / "eval") if a != "--no-lm-eval"]
+    err = one_error("eval.py", [str(assets[0]), *argv, "--lm-eval-tasks", "arc_easy", "nq_open", "triviaqa"])
+    assert "lm-eval tasks nq_open, triviaqa answer with up to 256 tokens" in err and "has 256 positions" in err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_eval_judge_whose_replies_never_parse_is_an_error_before_any_work(assets, tmp_path):
     from test_judge import FakeOpenAI
     server = FakeOpenAI()
