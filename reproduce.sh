@@ -92,7 +92,10 @@ case $size-$start in
     #              18 x 25 lm-eval documents x 0.6 s, loading ~15 s = ~745 s; 5 rows                      ~ 3720 s
     #   total ~ 10370 s (173 min) on the loaded machine, so ~80-110 min on a quiet one
     sft="--steps 16 --examples-per-step 8 --max-seq-len 256 --eval-examples 16"
-    rl="--steps 16 --prompts-per-step 2 --group-size 4 --max-new-tokens 48 --eval-prompts 8"
+    # RLSR at SFT's learning rate (2e-5): at train_rlsr.py's default 5e-5, tuned on the instruct model with 32
+    # samples a step, these 8-sample steps took gemma-3-270m ~1 nat/token from its start by step 16 and every RLSR
+    # row's greedy answers fell into loops (held-out reward down in all three)
+    rl="--steps 16 --prompts-per-step 2 --group-size 4 --max-new-tokens 48 --eval-prompts 8 --lr 2e-5"
     evaluation="--limit 150 --ifeval-limit 60 --lm-eval-limit 25 --spread --max-new-tokens 48 --batch-size 64
                 --no-arena-hard" ;;
   smoke-*)
