@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from rlsr import cpu_matmul
-from rlsr.assets import POLICIES, policy_path
+from rlsr.assets import POLICIES, default_policy_path, policy_path
 from rlsr.flops import forward_flops
 from rlsr.model import Transformer
 from rlsr.sampling import SamplingParams, draw_uniforms, generate

@@ -470,3 +470,12 @@ def test_bench_prints_progress_before_its_figure(assets):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
     assert "loading" in out.stderr and "warm-up" in out.stderr and "timed run 1 of 1" in out.stderr
     assert out.stdout.splitlines()[-1].startswith("tokens_per_s=")
+
+
+def test_bench_runs_on_the_default_policy(smollm2_path):
+    """Without --model: the packaged SmolLM2-135M-Instruct."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "sample", "--rows", "1", "--new-tokens", "2",
+                          "--repeats", "1", "--device", "cpu"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert f"loading {smollm2_path}" in out.stderr and out.stdout.splitlines()[-1].startswith("tokens_per_s=")
