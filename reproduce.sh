@@ -79,22 +79,12 @@ case $size-$start in
     rl="--steps 12 --prompts-per-step 4 --max-new-tokens 64 --eval-prompts 24"
     evaluation="--limit 400 --ifeval-limit 80 --spread --max-new-tokens 64 --batch-size 64 --no-arena-hard" ;;
   cpu-base)
-    # 2 CPU cores, <= 120 minutes on a quiet machine. Estimate of each stage from pieces timed with one thread on a
-    # loaded machine (the timed jobs got 46-63% of a core), gemma-3-270m in fp32; answers of a base model run to the
-    # 48-token cap:
-    #   sft        16 steps x ~130 s (8 examples x <= 256 tokens) + held-out loss and start-up ~150 s      ~ 2230 s
-    #   rlsr       16 steps x ~60 s (2 prompts x 4 samples x 48 tokens: rollout, KL pass, update) + ~90 s  ~ 1050 s
-    #   rlsr-llm   16 steps x ~70 s (EmbeddingGemma's reward adds ~10 s a step) + ~130 s                   ~ 1250 s
-    #   sft+rlsr   as rlsr                                                                                ~ 1050 s
-    #   eval       the 150 references embedded once, 7.1 s each (MiniLM 0.17, MPNet 1.75, EmbeddingGemma
-    #              5.2 s)                                                                                 ~ 1070 s
-    #              per row: 150 AlpacaEval answers x (1.7 s + 0.6 s to embed), 60 IFEval answers x 1.9 s,
-    #              18 x 25 lm-eval documents x 0.6 s, loading ~15 s = ~745 s; 5 rows                      ~ 3720 s
-    #   total ~ 10370 s (173 min) on the loaded machine, so ~80-110 min on a quiet one
+    # 2 CPU cores, <= 120 minutes on a quiet machine with room for a slower day (stage times: README); the base
+    # model's answers run to the 48-token cap
     sft="--steps 16 --examples-per-step 8 --max-seq-len 256 --eval-examples 16"
     # RLSR at SFT's learning rate (2e-5): at train_rlsr.py's default 5e-5, tuned on the instruct model with 32
-    # samples a step, these 8-sample steps took gemma-3-270m ~1 nat/token from its start by step 16 and every RLSR
-    # row's greedy answers fell into loops (held-out reward down in all three)
+    # samples a step, these 8-sample steps took gemma-3-270m ~1 nat/token from its start by step 16, most greedy
+    # answers became loops and the held-out reward fell in all three RLSR rows
     rl="--steps 16 --prompts-per-step 2 --group-size 4 --max-new-tokens 48 --eval-prompts 8 --lr 2e-5"
     evaluation="--limit 150 --ifeval-limit 60 --lm-eval-limit 25 --spread --max-new-tokens 48 --batch-size 64
                 --no-arena-hard" ;;
